@@ -1,0 +1,300 @@
+"""Every setting of `deals`: typed models with their defaults, in one place.
+
+Sources, later ones winning:
+
+1. the defaults below (the repository's `config.yaml` is rendered from them and a test
+   keeps the two identical: `deals config --defaults > config.yaml`);
+2. one YAML file: `--config PATH`, else `$DEALS_CONFIG`, else `$DEALS_HOME/config.yaml`
+   when it exists;
+3. environment variables `DEALS_<SECTION>__<KEY>` (values parsed as YAML scalars, e.g.
+   `DEALS_KNN__K=7`, `DEALS_FEEDS__URLS='[http://a, http://b]'`).
+
+Secrets (API keys, Twilio credentials) are never settings: they are read from their
+usual environment variables by the code that needs them and never logged.
+A bad value raises `ConfigError` naming the dotted key and the file or variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deals.framework import paths
+from deals.framework.errors import ConfigError
+
+ENV_PREFIX = "DEALS_"
+CONFIG_ENV = "DEALS_CONFIG"
+
+
+class Section(BaseModel):
+    """Base of every settings section: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level of the daemon and the CLI")
+    json_logs: bool = Field(False, description="emit one JSON object per log line (for journald/log shippers)")
+
+
+class EmbeddingSettings(Section):
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="sentence-transformers model: 'all-MiniLM-L6-v2' (bundled, no download) or a local path",
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    batch_size: int = Field(64, ge=1, le=4096, description="texts encoded per batch")
+    max_seq_length: int = Field(256, ge=16, le=512, description="word pieces kept per text when embedding")
+
+
+class VectorSettings(Section):
+    url: str | None = Field(None, description="Chroma server URL (e.g. http://localhost:8000); null = embedded store under DEALS_HOME")
+    collection: str = Field("products", min_length=3, description="Chroma collection holding the priced catalogue")
+    batch_size: int = Field(512, ge=1, le=5000, description="products written to the store per batch")
+    auto_starter: bool = Field(True, description="build the bundled starter catalogue index when the index is empty")
+
+
+class DataSettings(Section):
+    min_price: float = Field(0.5, ge=0, description="curation: drop products cheaper than this (USD)")
+    max_price: float = Field(999.49, gt=0, description="curation: drop products dearer than this (USD)")
+    min_chars: int = Field(60, ge=0, description="curation: drop products whose cleaned text is shorter")
+    max_tokens: int = Field(180, ge=8, description="curation: truncate texts to this many word pieces")
+    seed: int = Field(42, description="seed of the deterministic train/validation/test split")
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="share of products held out for validation")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="share of products held out for test")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSettings:
+        if self.min_price >= self.max_price:
+            raise ValueError("min_price must be below max_price")
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must be below 1")
+        return self
+
+
+class KnnSettings(Section):
+    k: int = Field(10, ge=1, le=200, description="neighbours combined per estimate")
+    weighting: Literal["softmax", "inverse", "uniform"] = Field(
+        "softmax", description="neighbour weights: softmax of similarity, inverse distance, or equal"
+    )
+    temperature: float = Field(0.05, gt=0, description="softmax temperature over cosine similarity (lower = trust the closest more)")
+
+
+class PricingSettings(Section):
+    pricer: Literal["knn", "constant", "frontier", "specialist", "ensemble"] = Field(
+        "knn", description="pricer the daemon and `deals price` use"
+    )
+    min_estimate: float = Field(0.5, gt=0, description="estimates are clamped to at least this (USD)")
+    max_estimate: float = Field(10_000.0, gt=0, description="estimates are clamped to at most this (USD)")
+
+
+class EvaluationSettings(Section):
+    hit_abs: float = Field(40.0, ge=0, description="a hit: error within this many dollars ...")
+    hit_rel: float = Field(0.2, ge=0, description="... or within this share of the true price")
+    near_factor: float = Field(2.0, ge=1, description="'near' (plots): within this multiple of the hit thresholds")
+    limit: int | None = Field(None, ge=1, description="default number of items evaluated (null = all)")
+
+
+class FeedSettings(Section):
+    urls: list[str] = Field(
+        default_factory=lambda: [
+            "https://www.dealnews.com/c142/Electronics/?rss=1",
+            "https://www.dealnews.com/c39/Computers/?rss=1",
+            "https://www.dealnews.com/c238/Automotive/?rss=1",
+            "https://www.dealnews.com/f1912/Smart-Home/?rss=1",
+            "https://www.dealnews.com/c196/Home-Garden/?rss=1",
+        ],
+        description="RSS/Atom feeds read every cycle",
+    )
+    timeout_s: float = Field(15.0, gt=0, description="per-request timeout")
+    max_bytes: int = Field(5_000_000, ge=1024, description="feed bodies larger than this are refused")
+    user_agent: str = Field("deals/0.1 (+https://github.com/deals/deals)", description="User-Agent sent to feeds and pages")
+    max_entries_per_feed: int = Field(50, ge=1, description="newest entries taken from each feed per cycle")
+    backoff_base_s: float = Field(300.0, ge=0, description="first wait after a failed fetch; doubles per consecutive failure")
+    backoff_max_s: float = Field(21_600.0, ge=0, description="longest wait between retries of a failing feed")
+    unhealthy_after: int = Field(3, ge=1, description="consecutive failures after which a feed is reported unhealthy")
+    fetch_pages: bool = Field(False, description="also fetch each deal's page for more detail")
+    page_timeout_s: float = Field(10.0, gt=0, description="per-page timeout")
+    page_max_bytes: int = Field(2_000_000, ge=1024, description="pages larger than this are cut off")
+    page_concurrency: int = Field(4, ge=1, le=64, description="pages fetched at once")
+    allow_private_addresses: bool = Field(False, description="allow page fetches to private/loopback addresses")
+
+
+class LLMSettings(Section):
+    provider: Literal["none", "openai", "anthropic", "openai-compatible"] = Field(
+        "none", description="LLM provider for the scanner (and the frontier pricer unless it sets its own)"
+    )
+    model: str = Field("gpt-4o-mini", description="model name at the provider")
+    base_url: str | None = Field(None, description="API base URL (proxies, gateways, Ollama/vLLM, tests); null = provider default")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the key; null = OPENAI_API_KEY / ANTHROPIC_API_KEY"
+    )
+    timeout_s: float = Field(60.0, gt=0, description="per-call timeout")
+    max_retries: int = Field(2, ge=0, le=10, description="retries of transient errors (timeouts, 429, 5xx)")
+
+
+class ScannerSettings(Section):
+    batch_size: int = Field(10, ge=1, le=100, description="feed entries sent to the LLM per structured-output call")
+    min_price: float = Field(1.0, ge=0, description="deals cheaper than this are dropped")
+    max_price: float = Field(10_000.0, gt=0, description="deals dearer than this are dropped")
+
+
+class PlannerSettings(Section):
+    concurrency: int = Field(4, ge=1, le=64, description="deals priced at once")
+    min_discount_abs: float = Field(25.0, ge=0, description="an opportunity saves at least this many dollars ...")
+    min_discount_rel: float = Field(0.3, ge=0, lt=1, description="... AND at least this share of the estimate")
+    max_deals_per_cycle: int = Field(100, ge=1, description="new deals priced per cycle at most (the rest wait)")
+
+
+class MessengerSettings(Section):
+    to: list[str] = Field(default_factory=list, description="recipient phone numbers (E.164)")
+    from_number: str | None = Field(None, description="Twilio sender number (E.164); TWILIO_FROM_NUMBER overrides")
+    base_url: str | None = Field(None, description="Twilio API base URL (proxies, tests); null = https://api.twilio.com")
+    max_chars: int = Field(160, ge=40, le=1600, description="longest message sent (160 = one SMS)")
+    daily_cap: int = Field(10, ge=0, description="alerts sent per local day at most")
+    quiet_start: str | None = Field(None, pattern=r"^\d\d:\d\d$", description="start of quiet hours (HH:MM), alerts wait until they end")
+    quiet_end: str | None = Field(None, pattern=r"^\d\d:\d\d$", description="end of quiet hours (HH:MM)")
+    timezone: str = Field("UTC", description="IANA time zone for quiet hours and the daily cap")
+    max_attempts: int = Field(4, ge=1, le=20, description="send attempts per alert on transient errors")
+    retry_base_s: float = Field(1.0, ge=0, description="first retry wait; doubles per attempt")
+
+
+class SchedulerSettings(Section):
+    interval_minutes: float = Field(30.0, gt=0, description="minutes between cycles")
+    jitter_s: int = Field(60, ge=0, description="random delay added to each cycle start")
+    run_at_start: bool = Field(True, description="run a first cycle as soon as the daemon starts")
+
+
+class Settings(Section):
+    """All settings of `deals`."""
+
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="logging")
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings, description="text embeddings for the vector index")
+    vectors: VectorSettings = Field(default_factory=VectorSettings, description="the vector store of priced products")
+    data: DataSettings = Field(default_factory=DataSettings, description="product data curation and splits")
+    knn: KnnSettings = Field(default_factory=KnnSettings, description="the kNN pricer")
+    pricing: PricingSettings = Field(default_factory=PricingSettings, description="which pricer answers, and sane bounds")
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="the evaluation harness")
+    feeds: FeedSettings = Field(default_factory=FeedSettings, description="the RSS reader")
+    llm: LLMSettings = Field(default_factory=LLMSettings, description="the shared LLM client")
+    scanner: ScannerSettings = Field(default_factory=ScannerSettings, description="the scanner (feed entries -> deals)")
+    planner: PlannerSettings = Field(default_factory=PlannerSettings, description="the planner (what is an opportunity)")
+    messenger: MessengerSettings = Field(default_factory=MessengerSettings, description="SMS alerts through Twilio")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="the daemon's schedule")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def config_file(explicit: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Path | None:
+    """The YAML file to read: explicit path, `$DEALS_CONFIG`, or `$DEALS_HOME/config.yaml` if present."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    candidate = paths.home() / "config.yaml"
+    return candidate if candidate.exists() else None
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Nested overrides from `DEALS_SECTION__KEY` variables, and which variable set each key."""
+    data: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        keys = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{'.'.join(keys)}: cannot parse environment variable {name}: {exc}") from exc
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(keys)}: environment variable {name} conflicts with another override")
+        node[keys[-1]] = value
+        origin[keys] = name
+    return data, origin
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return loaded
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Settings from defaults, one YAML file and `DEALS_*__*` environment variables."""
+    environ = dict(os.environ if environ is None else environ)
+    path = config_file(config, environ)
+    file_data = _read_yaml(path) if path else {}
+    env_data, env_origin = _env_overrides(environ)
+    merged = _merge(file_data, env_data)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(str(part) for part in error["loc"])
+            source = next(
+                (f"environment variable {var}" for keys, var in env_origin.items() if loc[: len(keys)] == keys),
+                str(path) if path else "built-in defaults",
+            )
+            problems.append(f"{'.'.join(loc) or '(top level)'}: {error['msg']} (from {source})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_defaults() -> str:
+    """The default configuration as commented YAML (the repository's config.yaml)."""
+    lines = [
+        "# deals configuration: every setting with its default and what it means.",
+        "# Rendered from deals/framework/settings.py by `deals config --defaults`; a test keeps them equal.",
+        "# Override any key with DEALS_<SECTION>__<KEY> (e.g. DEALS_KNN__K=7); secrets come only from the",
+        "# environment: OPENAI_API_KEY, ANTHROPIC_API_KEY, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN.",
+    ]
+    defaults = Settings()
+    for name, field in Settings.model_fields.items():
+        section: BaseModel = getattr(defaults, name)
+        lines += ["", f"{name}:  # {field.description}"]
+        for key, sub in type(section).model_fields.items():
+            value = getattr(section, key)
+            dumped = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+            dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
+            if isinstance(value, list) and value:
+                lines.append(f"  {key}:  # {sub.description}")
+                lines += [f"    - {yaml.safe_dump(item, default_flow_style=True).strip().removesuffix('...').strip()}" for item in value]
+            else:
+                lines.append(f"  {key}: {dumped}  # {sub.description}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Settings", "load_settings", "render_defaults", "config_file"]

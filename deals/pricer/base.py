@@ -1,0 +1,91 @@
+"""The `Pricer` interface every pricer implements, and the registry that names them.
+
+A pricer turns a product description into an `Estimate`. Pricers that retrieve
+neighbours from the catalogue honour `exclude_exact=True` (evaluation sets it) by
+dropping catalogue items whose text is the item being priced.
+
+Pricers register a factory under a name with `@register("name")`; the CLI and the
+planner build them with `create_pricer(name, settings)`. Pricers living outside this
+subpackage (frontier, specialist, ensemble agents) register when `deals.agents` is
+imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from deals.framework.errors import PricingError
+from deals.framework.models import Estimate
+
+if TYPE_CHECKING:
+    from deals.framework.settings import Settings
+
+
+class Pricer(ABC):
+    """Estimates what a product is worth from its description."""
+
+    name: str = "pricer"
+
+    @abstractmethod
+    def price(self, description: str, *, exclude_exact: bool = False) -> Estimate:
+        """Estimate one product."""
+
+    def price_many(self, descriptions: Sequence[str], *, exclude_exact: bool = False) -> list[Estimate]:
+        """Estimate several products (pricers that batch override this)."""
+        return [self.price(text, exclude_exact=exclude_exact) for text in descriptions]
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients, models, connections."""
+
+
+def clamp(value: float, low: float, high: float) -> float:
+    """Clamp an estimate into the sane range; non-finite values are a `PricingError`."""
+    if not math.isfinite(value):
+        raise PricingError(f"non-finite estimate {value!r}")
+    return min(max(value, low), high)
+
+
+PricerFactory = Callable[..., Pricer]
+_REGISTRY: dict[str, PricerFactory] = {}
+# Pricers defined outside this subpackage; imported on first use so the CLI stays fast.
+_LAZY: dict[str, str] = {
+    "knn": "deals.pricer.knn",
+    "constant": "deals.pricer.constant",
+}
+
+
+def register(name: str) -> Callable[[PricerFactory], PricerFactory]:
+    """Register `factory(settings, **options) -> Pricer` under `name`."""
+
+    def wrap(factory: PricerFactory) -> PricerFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def register_lazy(name: str, module: str) -> None:
+    """Name a module that registers pricer `name` when imported."""
+    _LAZY.setdefault(name, module)
+
+
+def pricer_names() -> list[str]:
+    return sorted(set(_REGISTRY) | set(_LAZY))
+
+
+def create_pricer(name: str, settings: Settings, **options: Any) -> Pricer:
+    """Build the pricer registered as `name`."""
+    if name not in _REGISTRY and name in _LAZY:
+        importlib.import_module(_LAZY[name])
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise PricingError(f"unknown pricer {name!r}; known: {', '.join(pricer_names())}") from None
+    return factory(settings, **options)
+
+
+__all__ = ["Pricer", "clamp", "create_pricer", "pricer_names", "register", "register_lazy"]
