@@ -1,0 +1,241 @@
+"""Rule-based deal extraction: a FeedEntry -> a Deal, or the reason it is not one. No LLM.
+
+Used by the scanner when no LLM is configured, and for the entries of a batch whose LLM
+call failed; its guards (`foreign_currency`, `offer_problem`) also screen entries before
+they are sent to an LLM.
+
+A deal needs ONE product at ONE price in USD:
+
+- the price is the feed's own (`FeedEntry.price`, e.g. `dealnews:price`), else the one
+  price left in the title once shipping thresholds ("w/ $39"), shipping costs
+  ("+ $5 shipping"), former prices ("was $179"), discounts ("$20 off") and parenthesised
+  alternatives ("($53 eBay Plus)") are set aside;
+- rejected: "up to" sales, "from $X" prices, "$X/mo" subscriptions, price ranges,
+  multi-buys ("2 for $5"), store-wide sales ("... Sale:", "... Deals:", "Event:"),
+  memberships, several different prices, no price, free, prices outside the configured
+  range, and prices in another currency (an .au/.uk/.ca/... site, "A$", "£", "€", ...).
+
+The product description is the title without its deal terms, the summary sentences that
+describe the product (sentences about prices, shipping, coupons, retailers, dates and the
+like are dropped) and the details/features lines that are not deal terms.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+
+from deals.framework.models import Deal, FeedEntry
+
+MAX_DESCRIPTION_CHARS = 1000
+
+# --------------------------------------------------------------------------- currency
+
+_FOREIGN_TLDS = {
+    "au": "AUD", "nz": "NZD", "uk": "GBP", "ca": "CAD", "ie": "EUR", "de": "EUR", "fr": "EUR", "es": "EUR",
+    "it": "EUR", "nl": "EUR", "in": "INR", "sg": "SGD", "hk": "HKD", "jp": "JPY",
+}  # fmt: skip
+_FOREIGN_MARKS = [
+    (re.compile(r"(?<![A-Za-z])(?:A|AU)\$|\bAUD\b"), "AUD"),
+    (re.compile(r"(?<![A-Za-z])NZ\$|\bNZD\b"), "NZD"),
+    (re.compile(r"(?<![A-Za-z])(?:C|CA|CDN)\$|\bCAD\b"), "CAD"),
+    (re.compile(r"£|\bGBP\b"), "GBP"),
+    (re.compile(r"€|\bEUR\b"), "EUR"),
+    (re.compile(r"₹|\bINR\b|\bRs\.?\s?\d"), "INR"),
+]
+
+
+def _tld(url: str) -> str:
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    return host.rsplit(".", 1)[-1] if "." in host else ""
+
+
+def foreign_currency(entry: FeedEntry) -> str | None:
+    """The non-USD currency an entry's prices are in (by site or by sign), or None for USD."""
+    for url in (entry.feed_url, entry.url):
+        code = _FOREIGN_TLDS.get(_tld(url))
+        if code:
+            return code
+    text = f"{entry.title} {entry.summary}"
+    for pattern, code in _FOREIGN_MARKS:
+        if pattern.search(text):
+            return code
+    return None
+
+
+# --------------------------------------------------------------------------- offers that are not one product at one price
+
+_MONEY = r"(?:US\s?)?\$\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d{1,2})?"
+
+_OFFER_PROBLEMS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\bup\s+to\b", re.I), "a sale with 'up to' discounts, not one product at one price"),
+    (re.compile(rf"\b(?:from|starting\s+at|starts\s+at|as\s+low\s+as)\s+{_MONEY}", re.I), "a 'from' price, not one price"),
+    (
+        re.compile(rf"{_MONEY}\s*(?:/\s*|per\s+|a\s+)(?:mo|mth|month|yr|year|annum|wk|week|day|night)\b", re.I),
+        "a subscription or rental price",
+    ),
+    (re.compile(rf"{_MONEY}\s*(?:-|–|—|to)\s*{_MONEY}", re.I), "a price range"),
+    (re.compile(rf"\b\d+\s*(?:for|/)\s*{_MONEY}", re.I), "a multi-buy price"),
+    (re.compile(r"\b(?:buy\s+\d+\s*,?\s*get|bogo\b|b\dg\d\b)", re.I), "a multi-buy offer"),
+    (re.compile(r"\b(?:site|store)[- ]?wide\b", re.I), "a store-wide sale"),
+    (re.compile(r"\b(?:sale|sales|deals|event|clearance|savings|blowout|markdowns)\s*:", re.I), "a store-wide or category sale"),
+    (re.compile(r"\b(?:membership|subscription|free\s+trial)\b", re.I), "a membership or subscription, not a product"),
+]
+
+
+def offer_problem(title: str) -> str | None:
+    """Why a title is not an offer on one product at one price, or None."""
+    text = _clean(title)
+    for pattern, reason in _OFFER_PROBLEMS:
+        if pattern.search(text):
+            return reason
+    return None
+
+
+# --------------------------------------------------------------------------- prices in titles
+
+_NOT_THE_PRICE = [
+    re.compile(r"\(\s*[^()]*\$[^()]*\)"),  # ($124.18 eBay Plus), (Was $179), ($0 C&C)
+    re.compile(rf"\bw/\s*{_MONEY}\+?", re.I),  # free shipping w/ $39
+    re.compile(rf"\b(?:orders?|spend(?:ing)?|purchases?|min(?:imum)?\.?)\s+(?:of\s+|over\s+|above\s+)?{_MONEY}\+?", re.I),
+    re.compile(rf"\b(?:over|above)\s+{_MONEY}", re.I),
+    re.compile(rf"{_MONEY}\s+(?:minimum|min\.?)\b", re.I),  # $30 minimum spend
+    re.compile(rf"{_MONEY}\s*off\s+(?:(?:orders?|purchases?)\s+(?:of\s+|over\s+)?)?{_MONEY}\+?", re.I),  # $5 off $50
+    re.compile(rf"\+\s*{_MONEY}\s*(?:shipping|s&h|s/h|delivery|del\b|ship)", re.I),
+    re.compile(
+        rf"\b(?:was|reg\.?|regularly|list|orig\.?|originally|rrp|msrp|compare\s+at|retail|value|valued\s+at)\s*:?\s*{_MONEY}",
+        re.I,
+    ),
+    re.compile(rf"\bsave\s+{_MONEY}", re.I),
+    re.compile(
+        rf"{_MONEY}\s*(?:off|discount|savings?|credit|back|cash\s*back|gift\s+card|rebate|coupon|in\s+rewards|bonus)\b", re.I
+    ),
+]
+_MONEY_VALUE = re.compile(r"(?:US\s?)?\$\s?(\d{1,3}(?:,\d{3})+|\d+)(\.\d{1,2})?(?![\d%])")
+_FREE = re.compile(
+    r"\bfree\b(?!\s+(?:shipping|delivery|store\s+pickup|pickup|returns|s&h|ship|w/|with|on|after|for\s+members))", re.I
+)
+
+
+def title_price(title: str) -> tuple[float | None, str]:
+    """The single price a title states, or None and the reason there is none."""
+    text = _clean(title)
+    for pattern in _NOT_THE_PRICE:
+        text = pattern.sub(" ", text)
+    values = sorted({round(float(m.group(1).replace(",", "") + (m.group(2) or "")), 2) for m in _MONEY_VALUE.finditer(text)})
+    if not values:
+        if _FREE.search(text):
+            return None, "free, not a price"
+        if re.search(r"\d\s*%\s*off", text, re.I):
+            return None, "a percentage discount, no price"
+        return None, "no price in the title"
+    if len(values) > 1:
+        return None, "several different prices: " + ", ".join(f"${v:g}" for v in values)
+    return values[0], "price from the title"
+
+
+# --------------------------------------------------------------------------- product descriptions
+
+_DEAL_TERMS = re.compile(
+    r"\$\s?\d|\d\s?%\s*(?:off|savings?|discount|back|less)|"
+    r"\b(?:free\s+)?shipping\b|\bships?\b|\bshipped\b|\bdeliver(?:y|ed)\b|\bpromo\b|\bcoupons?\b|\bcode\b|"
+    r"\bbuy\s+now\b|\bshop\s+now\b|\bpre-?orders?\b|\bsav(?:e|es|ed|ings?)\b|\blist\s+price\b|\bdeals?\b|"
+    r"\bsale\b|\bclearance\b|\bexpires?\b|\bends?\b|\bprice[ds]?\b|\bpricing\b|\bpick-?up\b|\breturns?\b|"
+    r"\bexchanges?\b|\bmembers?(?:hip)?\b|\brewards?\b|\bprime\b|\bin\s+stock\b|\bstock\b|\bcheckout\b|"
+    r"\bcart\b|\bclip\b|\brebate\b|\bdiscount\w*\b|\blowest\b|\bcheapest\b|\bvalid\b|\btoday\s+only\b|"
+    r"\blimited\s+time\b|\bwhile\s+supplies\b|\bin-?store\b|\bretailer\b|\bsold\b|\bordering\b|\borders?\b|"
+    r"\bpurchases?\b|\bmarked\s+down\b|\bdrops?\s+to\b|\bdown\s+from\b|\bfree\s+to\s+join\b",
+    re.I,
+)
+_TITLE_CUT = re.compile(
+    rf"\s+(?:for|at|now|only|just|from|is|@|-|–)?\s*{_MONEY}|\s+\+\s*free\b|\s+@\s|\s+w/\s|\s+-\s+\d+%|\s*\(\d+%\s*off\)",
+    re.I,
+)
+_LEADING_TAGS = re.compile(r"^(?:\s*\[[^\]]*\])+\s*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'“(])")
+
+
+def _clean(text: str) -> str:
+    return " ".join(html.unescape(html.unescape(text or "")).split())
+
+
+def product_name(title: str) -> str:
+    """The title without tags like "[PC, Steam]" and without the deal terms after the name."""
+    text = _LEADING_TAGS.sub("", _clean(title))
+    match = _TITLE_CUT.search(text)
+    name = text[: match.start()] if match else text
+    name = name.strip(" -–—:,;|+")
+    return name if len(name) >= 3 else text
+
+
+def product_description(entry: FeedEntry) -> str:
+    """The product in plain words: name, product sentences of the summary, product details."""
+    parts = [product_name(entry.title)]
+    summary = _clean(entry.summary)
+    parts += [s for s in _SENTENCE_END.split(summary) if s and not _DEAL_TERMS.search(s) and len(s) > 12]
+    details = [_clean(line) for line in re.split(r"[\n•·]+", entry.details or "")]
+    kept = [line for line in details if line and not _DEAL_TERMS.search(line)]
+    text = ". ".join(p.rstrip(". ") for p in parts if p)
+    if kept:
+        text = f"{text}. " + "; ".join(kept)
+    text = text.strip()
+    if text and text[-1] not in ".!?":
+        text += "."
+    if len(text) > MAX_DESCRIPTION_CHARS:
+        text = text[:MAX_DESCRIPTION_CHARS].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+    return text
+
+
+# --------------------------------------------------------------------------- the extractor
+
+
+class RuleOutcome(BaseModel):
+    """What the rules made of one entry: a deal, or the reason there is none."""
+
+    entry_key: str
+    deal: Deal | None = None
+    reason: str
+
+
+def extract(entry: FeedEntry, *, min_price: float, max_price: float) -> RuleOutcome:
+    """A Deal from one entry by rule, or the reason it is not one."""
+
+    def reject(reason: str) -> RuleOutcome:
+        return RuleOutcome(entry_key=entry.key, reason=reason)
+
+    currency = foreign_currency(entry)
+    if currency:
+        return reject(f"prices in {currency}, not USD")
+    problem = offer_problem(entry.title)
+    if problem:
+        return reject(problem)
+    if entry.price is not None:
+        price, source = entry.price, "price stated by the feed"
+    else:
+        found, source = title_price(entry.title)
+        if found is None:
+            return reject(source)
+        price = found
+    if price <= 0:
+        return reject("free, not a price")
+    if not min_price <= price <= max_price:
+        return reject(f"price ${price:g} outside ${min_price:g}-${max_price:g}")
+    description = product_description(entry)
+    if len(description) < 3:
+        return reject("no product description")
+    deal = Deal(entry_key=entry.key, product_description=description, price=round(price, 2), url=entry.url)
+    return RuleOutcome(entry_key=entry.key, deal=deal, reason=source)
+
+
+__all__ = [
+    "RuleOutcome",
+    "extract",
+    "foreign_currency",
+    "offer_problem",
+    "product_description",
+    "product_name",
+    "title_price",
+]

@@ -1,0 +1,369 @@
+"""The messenger agent: opportunities become text messages, through an outbox.
+
+Outbox protocol (table `alerts`, see `deals.memory.migrations`), per opportunity and
+recipient::
+
+    queued --mark sending (attempt counted)--> send --> sent (provider SID)
+                                                  \\--> failed   (permanent error: other 4xx)
+                                                  \\--> sending  (outcome unknown: transient
+                                                                  errors until max_attempts)
+    queued --> skipped   (daily cap reached, stale, recipient no longer configured)
+
+An alert is written before it is sent and marked after, so a crash never loses one; and
+nothing is ever resent without first asking the provider whether it already went out:
+`reconcile()` (run first by every `notify`/`deliver_pending`) checks each alert left in
+`sending` against the provider's message list (`Notifier.find_sent`): found -> sent, not
+found -> queued (and sent again); unreachable -> left for the next cycle. Retries inside
+one delivery check the same way before resending (a timeout or a 5xx may have gone out).
+
+Transient errors (5xx, 429, network) are retried with exponential backoff
+(`messenger.retry_base_s`, doubling, `messenger.max_attempts` attempts; `sleep` is
+injectable); after the last one the alert stays in `sending` and delivery stops for this
+cycle (the provider is down; the rest wait, queued). Permanent errors fail the alert.
+
+Quiet hours (`messenger.quiet_start`..`quiet_end` in `messenger.timezone`, may span
+midnight): queued alerts wait and go out on the first call after they end. Daily cap
+(`messenger.daily_cap` per recipient per local day; 0 sends nothing): alerts over it are
+marked `skipped` with the reason, not held for tomorrow, when the deal may be gone. Alerts
+queued for longer than `max_age_s` (default one day) are skipped as stale for the same
+reason. Opportunities younger than that without an alert row (a crash between the
+planner storing them and the messenger queueing them) are queued on the next call.
+
+Messages are GSM-7 text of at most `messenger.max_chars` characters (160 = one SMS):
+product, price, estimate, discount in dollars and percent, and the link; only the product
+description is shortened (with "..."), never the numbers or the link.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Mapping
+from datetime import datetime, time as dtime, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field
+
+from deals.agents.notifiers import Notifier, build_notifier, warn_once
+from deals.framework.agent import Agent
+from deals.framework.errors import ConfigError, DealsError, NotifyError, PermanentNotifyError, TransientNotifyError
+from deals.framework.models import Opportunity, utcnow
+from deals.framework.settings import Settings
+from deals.memory.store import AlertRow, Store
+
+# --------------------------------------------------------------------------- message text
+
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡"
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENDED = frozenset("^{}\\[~]|€\f")  # two septets each
+_REPLACEMENTS = {
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u2032": "'", "\u201c": '"', "\u201d": '"',
+    "\u201e": '"', "\u2033": '"', "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u2026": "...",
+    "\u00a0": " ", "\u2022": "-", "\u00d7": "x", "\u2122": "", "\u00ae": "", "\u00a9": "",
+    "\t": " ", "\n": " ", "\r": " ",
+}  # fmt: skip
+_SPACES = re.compile(r"\s+")
+ELLIPSIS = "..."
+
+
+def to_gsm7(text: str) -> str:
+    """`text` in the GSM-7 alphabet: typographic marks replaced, accents dropped, the rest removed."""
+    out: list[str] = []
+    for char in text:
+        for c in _REPLACEMENTS.get(char, char):
+            if c in GSM7_BASIC or c in GSM7_EXTENDED:
+                out.append(c)
+            else:
+                out.extend(d for d in unicodedata.normalize("NFKD", c) if d in GSM7_BASIC or d in GSM7_EXTENDED)
+    return _SPACES.sub(" ", "".join(out)).strip()
+
+
+def gsm7_length(text: str) -> int:
+    """Length in GSM-7 septets (extension characters count two)."""
+    return sum(2 if c in GSM7_EXTENDED else 1 for c in text)
+
+
+def money(value: float) -> str:
+    """$1,234 for whole dollars, else $1,234.56."""
+    text = f"{value:,.2f}"
+    return "$" + (text[:-3] if text.endswith(".00") else text)
+
+
+def _cut(text: str, budget: int) -> str:
+    """`text` cut to `budget` septets including the ellipsis, at a word boundary if one is near."""
+    room = budget - len(ELLIPSIS)
+    kept = ""
+    for char in text:
+        if gsm7_length(kept + char) > room:
+            break
+        kept += char
+    space = kept.rfind(" ")
+    if space >= max(1, len(kept) - 12):
+        kept = kept[:space]
+    return kept.rstrip(" ,;:-/(") + ELLIPSIS
+
+
+def format_alert(opp: Opportunity, max_chars: int = 160) -> str:
+    """The alert text: description (shortened to fit), price, estimate, discount, link."""
+    pct = round(opp.discount_rel * 100)
+    facts = f"{money(opp.deal.price)} (est {money(opp.estimate.price)}, save {money(opp.discount)} / {pct}%) {opp.deal.url}"
+    description = to_gsm7(opp.deal.product_description)
+    budget = max_chars - gsm7_length(facts) - 2  # ": "
+    if gsm7_length(description) <= budget:
+        return f"{description}: {facts}" if description else facts
+    if budget >= len(ELLIPSIS) + 4:
+        return f"{_cut(description, budget)}: {facts}"
+    return facts  # too little room: numbers and link win (may exceed max_chars if the URL is huge)
+
+
+# --------------------------------------------------------------------------- agent
+
+
+class MessengerReport(BaseModel):
+    """What one `notify` / `deliver_pending` call did."""
+
+    enqueued: int = Field(0, description="alert rows for the opportunities handed in (and recovered ones)")
+    sent: int = 0
+    failed: int = Field(0, description="permanent errors")
+    skipped: int = Field(0, description="daily cap, stale, or recipient no longer configured")
+    waiting: int = Field(0, description="left queued: quiet hours, or the provider is down")
+    unknown: int = Field(0, description="left in 'sending': outcome to be reconciled next call")
+    reconciled: int = Field(0, description="'sending' alerts found at the provider, marked sent")
+    requeued: int = Field(0, description="'sending' alerts not found at the provider, queued again")
+    quiet: bool = Field(False, description="the call fell in quiet hours")
+    errors: list[str] = Field(default_factory=list)
+
+
+def _clock_time(value: str, key: str) -> dtime:
+    hours, minutes = (int(part) for part in value.split(":"))
+    if not (0 <= hours < 24 and 0 <= minutes < 60):
+        raise ConfigError(f"messenger.{key}: {value!r} is not a time of day (HH:MM, 00:00-23:59)")
+    return dtime(hours, minutes)
+
+
+class Messenger(Agent):
+    """Turns opportunities into alerts and delivers them through the outbox."""
+
+    name = "messenger"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        notifier: Notifier | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+        environ: Mapping[str, str] | None = None,
+        max_age_s: float = 86_400.0,
+        timeout_s: float = 15.0,
+    ) -> None:
+        super().__init__(settings)
+        self.config = settings.messenger
+        self.store = store
+        self.clock = clock
+        self.sleep = sleep
+        self.max_age = timedelta(seconds=max_age_s)
+        try:
+            self.zone = ZoneInfo(self.config.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"messenger.timezone: unknown IANA time zone {self.config.timezone!r}") from exc
+        start, end = self.config.quiet_start, self.config.quiet_end
+        if (start is None) != (end is None):
+            raise ConfigError("messenger.quiet_start and messenger.quiet_end must be set together")
+        self.quiet_hours = (
+            (_clock_time(start, "quiet_start"), _clock_time(end, "quiet_end")) if start and end and start != end else None
+        )
+        self.notifier = notifier or build_notifier(self.config, environ, timeout_s=timeout_s, logger=self.log)
+        self.recipients = self.notifier.recipients(self.config.to)
+        if not self.recipients:
+            warn_once("no-recipients", "messenger.to is empty: alerts have nobody to go to", self.log)
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- public
+
+    def notify(self, opportunities: list[tuple[int, Opportunity]]) -> MessengerReport:
+        """Queue an alert per opportunity and recipient, then deliver everything pending."""
+        with self._lock:
+            report = MessengerReport()
+            self._reconcile(report)
+            for opportunity_id, opp in opportunities:
+                body = format_alert(opp, self.config.max_chars)
+                for recipient in self.recipients:
+                    try:
+                        self.store.enqueue_alert(opportunity_id, recipient, body, at=self.clock())
+                    except DealsError as exc:  # e.g. an id the store does not know: skip that one
+                        report.errors.append(str(exc))
+                        self.log.error("opportunity %s not queued: %s", opportunity_id, exc)
+                        break
+                    report.enqueued += 1
+            self._recover(report)
+            self._deliver(report)
+            return report
+
+    def deliver_pending(self) -> MessengerReport:
+        """Reconcile, queue alerts for recent opportunities that lack them, send what is queued."""
+        with self._lock:
+            report = MessengerReport()
+            self._reconcile(report)
+            self._recover(report)
+            self._deliver(report)
+            return report
+
+    def reconcile(self) -> MessengerReport:
+        """Settle alerts left in 'sending' by asking the provider whether they went out."""
+        with self._lock:
+            report = MessengerReport()
+            self._reconcile(report)
+            return report
+
+    def send_test(self, body: str | None = None) -> list[str]:
+        """Send one test message to every recipient now (no outbox, no quiet hours); the provider ids."""
+        if body is None:
+            local = self.clock().astimezone(self.zone)
+            body = f"deals: test message, {local:%Y-%m-%d %H:%M %Z}. SMS alerts are working."
+        body = to_gsm7(body)
+        return [self.notifier.send(recipient, body) for recipient in self.recipients]
+
+    def in_quiet_hours(self, now: datetime | None = None) -> bool:
+        if self.quiet_hours is None:
+            return False
+        start, end = self.quiet_hours
+        local = (now or self.clock()).astimezone(self.zone).time()
+        if start < end:
+            return start <= local < end
+        return local >= start or local < end  # spans midnight
+
+    def local_day_start(self, now: datetime | None = None) -> datetime:
+        """Midnight of the current local day, in UTC."""
+        local = (now or self.clock()).astimezone(self.zone)
+        return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(timezone.utc)
+
+    def close(self) -> None:
+        self.notifier.close()
+
+    # ---------------------------------------------------------------- steps
+
+    def _lookback(self, alert: AlertRow) -> datetime:
+        # A day before the alert was written: any copy sent for it is newer than that.
+        return alert.created_at - timedelta(days=1)
+
+    def _reconcile(self, report: MessengerReport) -> None:
+        for alert in self.store.alerts(["sending"]):
+            if alert.recipient not in self.recipients:
+                continue  # not ours to settle with this notifier; kept for when it returns
+            try:
+                sid = self.notifier.find_sent(alert.recipient, alert.body, self._lookback(alert))
+            except NotifyError as exc:
+                report.unknown += 1
+                report.errors.append(str(exc))
+                self.log.warning("alert %d: cannot reconcile yet (%s); it stays pending", alert.id, exc)
+                continue
+            if sid:
+                self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock())
+                report.reconciled += 1
+                self.log.info("alert %d: already delivered as %s, not resending", alert.id, sid)
+            else:
+                self.store.mark_alert(alert.id, "queued", at=self.clock())
+                report.requeued += 1
+                self.log.info("alert %d: not found at the provider, queued again", alert.id)
+
+    def _recover(self, report: MessengerReport) -> None:
+        since = self.clock() - self.max_age
+        for opportunity_id, opp in self.store.opportunities_without_alerts(self.recipients, since=since):
+            body = format_alert(opp, self.config.max_chars)
+            for recipient in self.recipients:
+                self.store.enqueue_alert(opportunity_id, recipient, body, at=self.clock())
+                report.enqueued += 1
+            self.log.info("opportunity %d had no alert (interrupted cycle?): queued now", opportunity_id)
+
+    def _deliver(self, report: MessengerReport) -> None:
+        queued = self.store.alerts(["queued"])
+        if not queued:
+            return
+        now = self.clock()
+        if self.in_quiet_hours(now):
+            report.quiet = True
+            report.waiting += len(queued)
+            self.log.info("quiet hours: %d alert(s) wait until %s", len(queued), self.config.quiet_end)
+            return
+        day_start = self.local_day_start(now)
+        sent_today: dict[str, int] = {}
+        for index, alert in enumerate(queued):
+            if alert.recipient not in self.recipients:
+                self._skip(alert, "recipient no longer configured", report)
+                continue
+            if now - alert.created_at > self.max_age:
+                self._skip(alert, f"stale: queued since {alert.created_at:%Y-%m-%d %H:%M} UTC", report)
+                continue
+            if alert.recipient not in sent_today:
+                sent_today[alert.recipient] = self.store.count_sent_since(day_start, alert.recipient)
+            if sent_today[alert.recipient] >= self.config.daily_cap:
+                self._skip(alert, f"daily cap of {self.config.daily_cap} reached", report)
+                continue
+            outcome = self._send(alert, report)
+            if outcome == "sent":
+                sent_today[alert.recipient] += 1
+            elif outcome == "unknown":
+                report.waiting += len(queued) - index - 1
+                self.log.warning("provider unavailable: %d alert(s) wait for the next cycle", len(queued) - index - 1)
+                return
+
+    def _skip(self, alert: AlertRow, reason: str, report: MessengerReport) -> None:
+        self.store.mark_alert(alert.id, "skipped", error=reason, at=self.clock())
+        report.skipped += 1
+        self.log.warning("alert %d to %s skipped: %s", alert.id, _mask(alert.recipient), reason)
+
+    def _send(self, alert: AlertRow, report: MessengerReport) -> str:
+        """Deliver one alert with retries: 'sent', 'failed' or 'unknown' (left in 'sending')."""
+        attempts = self.config.max_attempts
+        last: NotifyError | None = None
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                self.sleep(min(self.config.retry_base_s * 2 ** (attempt - 2), 300.0))
+                try:  # the previous attempt may have gone out (timeout, 5xx): look before resending
+                    sid = self.notifier.find_sent(alert.recipient, alert.body, self._lookback(alert))
+                except NotifyError as exc:
+                    last = exc
+                    break
+                if sid:
+                    self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock())
+                    report.sent += 1
+                    return "sent"
+            self.store.mark_alert(alert.id, "sending", at=self.clock())
+            try:
+                sid = self.notifier.send(alert.recipient, alert.body)
+            except PermanentNotifyError as exc:
+                self.store.mark_alert(alert.id, "failed", error=str(exc), at=self.clock())
+                report.failed += 1
+                report.errors.append(str(exc))
+                self.log.error("alert %d to %s failed: %s", alert.id, _mask(alert.recipient), exc)
+                return "failed"
+            except (TransientNotifyError, NotifyError) as exc:
+                last = exc
+                self.store.mark_alert(alert.id, "sending", error=str(exc), at=self.clock(), count_attempt=False)
+                self.log.warning("alert %d: attempt %d/%d failed: %s", alert.id, attempt, attempts, exc)
+                continue
+            self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock())
+            report.sent += 1
+            self.log.info("alert %d sent to %s (%s)", alert.id, _mask(alert.recipient), sid)
+            return "sent"
+        error = f"{last} (outcome unknown; checked with the provider next cycle)"
+        self.store.mark_alert(alert.id, "sending", error=error, at=self.clock(), count_attempt=False)
+        report.unknown += 1
+        report.errors.append(str(last))
+        return "unknown"
+
+
+def _mask(recipient: str) -> str:
+    """A phone number with all but its last four digits hidden, for logs."""
+    if len(recipient) <= 4 or not recipient.lstrip("+").isdigit():
+        return recipient
+    return "*" * (len(recipient) - 4) + recipient[-4:]
+
+
+__all__ = ["Messenger", "MessengerReport", "format_alert", "gsm7_length", "money", "to_gsm7"]

@@ -1,0 +1,170 @@
+"""The schema of the memory store as numbered migrations (the simonw/llm habit).
+
+Each migration is a small function `mNNN_what(db)` registered in `MIGRATIONS` in order.
+`apply_migrations` runs the ones whose names are not yet in the `migrations` table, each
+in its own transaction together with the row that records it, so a crash mid-upgrade
+leaves the database at the previous migration. Never edit an applied migration: add the
+next one.
+
+Datetimes are ISO-8601 UTC text (`2025-01-31T12:00:00.000000Z`), so text order is time
+order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register `fn` as the next migration."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def _run(db: sqlite3.Connection, *statements: str) -> None:
+    # One statement per execute(): executescript() would COMMIT the open transaction.
+    for statement in statements:
+        db.execute(statement)
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    """Feed state, seen entries, deals, estimates, opportunities and cycle runs."""
+    _run(
+        db,
+        """CREATE TABLE feeds (
+            url TEXT PRIMARY KEY,
+            etag TEXT,
+            last_modified TEXT,
+            error_count INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            next_attempt_at TEXT,
+            last_success_at TEXT,
+            unhealthy INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE seen_entries (
+            key TEXT PRIMARY KEY,
+            feed_url TEXT NOT NULL,
+            first_seen TEXT NOT NULL
+        )""",
+        """CREATE TABLE deals (
+            entry_key TEXT PRIMARY KEY,
+            description TEXT NOT NULL,
+            price REAL NOT NULL,
+            url TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE estimates (
+            deal_key TEXT PRIMARY KEY REFERENCES deals(entry_key) ON DELETE CASCADE,
+            pricer TEXT NOT NULL,
+            price REAL NOT NULL,
+            parts TEXT NOT NULL DEFAULT '{}',
+            note TEXT,
+            neighbours TEXT NOT NULL DEFAULT '[]',
+            excluded INTEGER NOT NULL DEFAULT 0,
+            tokens_in INTEGER NOT NULL DEFAULT 0,
+            tokens_out INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE opportunities (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            deal_key TEXT NOT NULL UNIQUE REFERENCES deals(entry_key) ON DELETE CASCADE,
+            price REAL NOT NULL,
+            estimate REAL NOT NULL,
+            discount REAL NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT NOT NULL DEFAULT 'running',
+            stats TEXT NOT NULL DEFAULT '{}'
+        )""",
+    )
+
+
+@migration
+def m002_alert_outbox(db: sqlite3.Connection) -> None:
+    """The alert outbox: one row per (opportunity, recipient), written before sending.
+
+    States: queued -> sending -> sent | failed, or skipped (daily cap, stale, recipient
+    removed). `sending` means "a send was attempted and its outcome is not yet known":
+    it is reconciled against the provider before anything is resent.
+    """
+    _run(
+        db,
+        """CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            opportunity_id INTEGER NOT NULL REFERENCES opportunities(id) ON DELETE CASCADE,
+            recipient TEXT NOT NULL,
+            body TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'queued'
+                CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'skipped')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            provider_id TEXT,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            sent_at TEXT,
+            UNIQUE (opportunity_id, recipient)
+        )""",
+    )
+
+
+@migration
+def m003_lookup_indexes(db: sqlite3.Connection) -> None:
+    """Indexes for the daemon's frequent queries (outbox by state, history by date)."""
+    _run(
+        db,
+        "CREATE INDEX alerts_state ON alerts(state, id)",
+        "CREATE INDEX alerts_sent_at ON alerts(sent_at) WHERE state = 'sent'",
+        "CREATE INDEX opportunities_created_at ON opportunities(created_at)",
+        "CREATE INDEX deals_created_at ON deals(created_at)",
+        "CREATE INDEX seen_entries_feed ON seen_entries(feed_url)",
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def applied_migrations(db: sqlite3.Connection) -> list[str]:
+    """Names of the migrations already applied, in the order they were applied."""
+    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    return [row[0] for row in db.execute("SELECT name FROM migrations ORDER BY rowid")]
+
+
+def apply_migrations(db: sqlite3.Connection, migrations: Sequence[Migration] | None = None) -> list[str]:
+    """Apply the pending migrations in order; return the names applied now.
+
+    `db` must be in autocommit mode (`isolation_level=None`): each migration runs in a
+    `BEGIN IMMEDIATE` transaction, so two processes opening the same file at once do not
+    both apply it.
+    """
+    migrations = MIGRATIONS if migrations is None else migrations
+    applied_now: list[str] = []
+    applied_migrations(db)
+    for fn in migrations:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            done = db.execute("SELECT 1 FROM migrations WHERE name = ?", (fn.__name__,)).fetchone()
+            if not done:
+                fn(db)
+                db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, _now()))
+                applied_now.append(fn.__name__)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return applied_now
+
+
+__all__ = ["MIGRATIONS", "Migration", "applied_migrations", "apply_migrations", "migration"]

@@ -1,0 +1,553 @@
+"""The memory store: everything the daemon remembers, in one SQLite file.
+
+Feed state, seen entries, deals, estimates (with each pricer's part), opportunities, the
+alert outbox and cycle runs; the schema lives in `deals.memory.migrations`.
+
+SQLite runs in WAL mode (readers such as `deals history` never block the daemon) with a
+`busy_timeout` and foreign keys on. Concurrency: ONE connection per `Store`, guarded by a
+re-entrant lock, so a `Store` may be shared by a small thread pool; every method holds
+the lock for its duration and `transaction()` holds it until the block ends. Every write
+is a `BEGIN IMMEDIATE` transaction (a method alone, or a `with store.transaction():`
+block grouping several calls, which nest). Other processes use their own `Store`; the
+busy timeout lets them wait for each other.
+
+Datetimes are stored as ISO-8601 UTC text; naive datetimes are taken to be UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from deals.framework import paths
+from deals.framework.errors import DealsError
+from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity, utcnow
+from deals.memory.migrations import apply_migrations
+
+ALERT_STATES = ("queued", "sending", "sent", "failed", "skipped")
+_CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
+
+
+class StoreError(DealsError):
+    """The memory store was misused: closed, or asked about a row that does not exist."""
+
+
+# --------------------------------------------------------------------------- rows
+
+
+class AlertRow(BaseModel):
+    """One row of the alert outbox."""
+
+    id: int
+    opportunity_id: int
+    recipient: str
+    body: str
+    state: str
+    attempts: int
+    provider_id: str | None = Field(None, description="the provider's message id (Twilio SID)")
+    last_error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None = None
+
+
+class HistoryRow(BaseModel):
+    """One opportunity as `deals history` shows it."""
+
+    id: int
+    created_at: datetime
+    description: str
+    price: float
+    estimate: float
+    discount: float
+    discount_rel: float
+    url: str
+    pricer: str | None = None
+    alerts: dict[str, int] = Field(default_factory=dict, description="alert count per outbox state")
+    alert_status: str = Field("none", description="e.g. 'sent 2' or 'queued 1, failed 1'")
+
+
+class RunRow(BaseModel):
+    """One daemon cycle."""
+
+    id: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: str
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- time
+
+
+def to_text(value: datetime | None) -> str | None:
+    """ISO-8601 UTC text with microseconds and a Z, so text order is time order."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_text(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+# --------------------------------------------------------------------------- store
+
+
+class Store:
+    """The SQLite memory store (see the module docstring for threading and transactions)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        busy_timeout_s: float = 10.0,
+    ) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else Path(":memory:")
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the memory store: {exc}") from exc
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            apply_migrations(db)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(f"{path}: not a usable deals database ({exc}); move it away to start afresh") from exc
+        self._db = db
+
+    @classmethod
+    def open_default(cls, **kwargs: Any) -> Store:
+        """The store at `$DEALS_HOME/deals.db`."""
+        return cls(paths.database_path(), **kwargs)
+
+    # ---------------------------------------------------------------- plumbing
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"the memory store {self.path} is closed")
+        return self._db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Group writes atomically; nested blocks join the outermost transaction."""
+        with self._lock:
+            db = self.db
+            if self._depth == 0:
+                db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield db
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    db.execute("ROLLBACK")
+                raise
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    db.execute("COMMIT")
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.db.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self.db.execute(sql, params).fetchone()
+
+    def _now(self, at: datetime | None = None) -> str:
+        return to_text(at or self.clock())  # type: ignore[return-value]
+
+    def pragma(self, name: str) -> Any:
+        """The value of a PRAGMA (journal_mode, foreign_keys, busy_timeout...)."""
+        row = self._one(f"PRAGMA {name}")
+        return row[0] if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # ---------------------------------------------------------------- feeds
+
+    @staticmethod
+    def _feed(row: sqlite3.Row) -> FeedState:
+        return FeedState(
+            url=row["url"],
+            etag=row["etag"],
+            last_modified=row["last_modified"],
+            error_count=row["error_count"],
+            last_error=row["last_error"],
+            next_attempt_at=from_text(row["next_attempt_at"]),
+            last_success_at=from_text(row["last_success_at"]),
+            unhealthy=bool(row["unhealthy"]),
+        )
+
+    def feed_state(self, url: str) -> FeedState | None:
+        row = self._one("SELECT * FROM feeds WHERE url = ?", (url,))
+        return self._feed(row) if row else None
+
+    def feed_states(self) -> list[FeedState]:
+        return [self._feed(row) for row in self._all("SELECT * FROM feeds ORDER BY url")]
+
+    def save_feed_state(self, state: FeedState) -> None:
+        with self.transaction() as db:
+            db.execute(
+                """INSERT INTO feeds (url, etag, last_modified, error_count, last_error,
+                                      next_attempt_at, last_success_at, unhealthy)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(url) DO UPDATE SET
+                     etag = excluded.etag, last_modified = excluded.last_modified,
+                     error_count = excluded.error_count, last_error = excluded.last_error,
+                     next_attempt_at = excluded.next_attempt_at,
+                     last_success_at = excluded.last_success_at, unhealthy = excluded.unhealthy""",
+                (
+                    state.url,
+                    state.etag,
+                    state.last_modified,
+                    state.error_count,
+                    state.last_error,
+                    to_text(state.next_attempt_at),
+                    to_text(state.last_success_at),
+                    int(state.unhealthy),
+                ),
+            )
+
+    # ---------------------------------------------------------------- seen entries
+
+    def unseen(self, keys: Sequence[str]) -> list[str]:
+        """The keys never marked seen, in the order given, duplicates dropped."""
+        ordered = list(dict.fromkeys(keys))
+        seen: set[str] = set()
+        for chunk in _chunks(ordered):
+            marks = ",".join("?" * len(chunk))
+            seen.update(row[0] for row in self._all(f"SELECT key FROM seen_entries WHERE key IN ({marks})", chunk))
+        return [key for key in ordered if key not in seen]
+
+    def mark_seen(self, entries: Sequence[FeedEntry]) -> None:
+        now = self._now()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO seen_entries (key, feed_url, first_seen) VALUES (?, ?, ?)",
+                [(entry.key, entry.feed_url, now) for entry in entries],
+            )
+
+    # ---------------------------------------------------------------- deals and estimates
+
+    def save_deal(self, deal: Deal) -> None:
+        """Insert or update a deal (its first `created_at` is kept)."""
+        with self.transaction() as db:
+            db.execute(
+                """INSERT INTO deals (entry_key, description, price, url, created_at) VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT(entry_key) DO UPDATE SET
+                     description = excluded.description, price = excluded.price, url = excluded.url""",
+                (deal.entry_key, deal.product_description, deal.price, deal.url, self._now()),
+            )
+
+    @staticmethod
+    def _deal(row: sqlite3.Row) -> Deal:
+        return Deal(entry_key=row["entry_key"], product_description=row["description"], price=row["price"], url=row["url"])
+
+    def get_deal(self, key: str) -> Deal | None:
+        row = self._one("SELECT * FROM deals WHERE entry_key = ?", (key,))
+        return self._deal(row) if row else None
+
+    def unpriced_deals(self, limit: int) -> list[Deal]:
+        """Stored deals without an estimate, oldest first (so a crash between scan and price loses nothing)."""
+        rows = self._all(
+            """SELECT d.* FROM deals d LEFT JOIN estimates e ON e.deal_key = d.entry_key
+               WHERE e.deal_key IS NULL ORDER BY d.created_at, d.rowid LIMIT ?""",
+            (limit,),
+        )
+        return [self._deal(row) for row in rows]
+
+    def save_estimate(self, deal_key: str, estimate: Estimate) -> None:
+        """Store (or replace) the estimate of a stored deal."""
+        with self.transaction() as db:
+            if not db.execute("SELECT 1 FROM deals WHERE entry_key = ?", (deal_key,)).fetchone():
+                raise StoreError(f"save_estimate: no deal {deal_key!r} is stored; save_deal() first")
+            db.execute(
+                """INSERT OR REPLACE INTO estimates (deal_key, pricer, price, parts, note, neighbours,
+                                                     excluded, tokens_in, tokens_out, cost_usd, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    deal_key,
+                    estimate.pricer,
+                    estimate.price,
+                    json.dumps(estimate.parts),
+                    estimate.note,
+                    json.dumps([n.model_dump() for n in estimate.neighbours]),
+                    estimate.excluded,
+                    estimate.tokens_in,
+                    estimate.tokens_out,
+                    estimate.cost_usd,
+                    self._now(),
+                ),
+            )
+
+    @staticmethod
+    def _estimate(row: sqlite3.Row) -> Estimate:
+        return Estimate(
+            price=row["price"],
+            pricer=row["pricer"],
+            parts=json.loads(row["parts"]),
+            neighbours=[Neighbour.model_validate(n) for n in json.loads(row["neighbours"])],
+            note=row["note"],
+            excluded=row["excluded"],
+            tokens_in=row["tokens_in"],
+            tokens_out=row["tokens_out"],
+            cost_usd=row["cost_usd"],
+        )
+
+    def get_estimate(self, deal_key: str) -> Estimate | None:
+        row = self._one("SELECT * FROM estimates WHERE deal_key = ?", (deal_key,))
+        return self._estimate(row) if row else None
+
+    # ---------------------------------------------------------------- opportunities
+
+    def save_opportunity(self, opp: Opportunity) -> int:
+        """Store an opportunity (and its deal and estimate if missing); idempotent on the deal.
+
+        Returns the opportunity's id, the existing one if the deal already has one.
+        """
+        key = opp.deal.entry_key
+        with self.transaction() as db:
+            if not db.execute("SELECT 1 FROM deals WHERE entry_key = ?", (key,)).fetchone():
+                self.save_deal(opp.deal)
+            if not db.execute("SELECT 1 FROM estimates WHERE deal_key = ?", (key,)).fetchone():
+                self.save_estimate(key, opp.estimate)
+            db.execute(
+                """INSERT INTO opportunities (deal_key, price, estimate, discount, created_at)
+                   VALUES (?, ?, ?, ?, ?) ON CONFLICT(deal_key) DO NOTHING""",
+                (key, opp.deal.price, opp.estimate.price, opp.discount, self._now()),
+            )
+            return int(db.execute("SELECT id FROM opportunities WHERE deal_key = ?", (key,)).fetchone()[0])
+
+    def _opportunity(self, row: sqlite3.Row) -> Opportunity:
+        deal = self.get_deal(row["deal_key"])
+        assert deal is not None  # foreign key
+        estimate = self.get_estimate(row["deal_key"]) or Estimate(price=row["estimate"], pricer="unknown")
+        if estimate.price != row["estimate"]:
+            estimate = estimate.model_copy(update={"price": row["estimate"]})
+        return Opportunity(deal=deal, estimate=estimate, discount=row["discount"])
+
+    def get_opportunity(self, opportunity_id: int) -> Opportunity | None:
+        row = self._one("SELECT * FROM opportunities WHERE id = ?", (opportunity_id,))
+        return self._opportunity(row) if row else None
+
+    def opportunities_without_alerts(
+        self, recipients: Sequence[str], since: datetime | None = None
+    ) -> list[tuple[int, Opportunity]]:
+        """Opportunities (newer than `since`) lacking an alert row for some recipient: crash recovery."""
+        recipients = list(dict.fromkeys(recipients))
+        if not recipients:
+            return []
+        marks = ",".join("?" * len(recipients))
+        rows = self._all(
+            f"""SELECT o.* FROM opportunities o
+                WHERE o.created_at >= ?
+                  AND (SELECT COUNT(DISTINCT a.recipient) FROM alerts a
+                       WHERE a.opportunity_id = o.id AND a.recipient IN ({marks})) < ?
+                ORDER BY o.id""",
+            (to_text(since) if since else "", *recipients, len(recipients)),
+        )
+        with self._lock:
+            return [(int(row["id"]), self._opportunity(row)) for row in rows]
+
+    def history(self, limit: int = 20) -> list[HistoryRow]:
+        """The most recent opportunities, newest first, with their alert states."""
+        rows = self._all(
+            """SELECT o.*, d.description, d.url, e.pricer,
+                      (SELECT group_concat(a.state) FROM alerts a WHERE a.opportunity_id = o.id) AS states
+               FROM opportunities o JOIN deals d ON d.entry_key = o.deal_key
+               LEFT JOIN estimates e ON e.deal_key = o.deal_key
+               ORDER BY o.created_at DESC, o.id DESC LIMIT ?""",
+            (limit,),
+        )
+        out = []
+        for row in rows:
+            counts = Counter((row["states"] or "").split(",")) if row["states"] else Counter()
+            summary = ", ".join(f"{state} {counts[state]}" for state in ALERT_STATES if counts[state]) or "none"
+            out.append(
+                HistoryRow(
+                    id=row["id"],
+                    created_at=from_text(row["created_at"]),
+                    description=row["description"],
+                    price=row["price"],
+                    estimate=row["estimate"],
+                    discount=row["discount"],
+                    discount_rel=row["discount"] / row["estimate"] if row["estimate"] else 0.0,
+                    url=row["url"],
+                    pricer=row["pricer"],
+                    alerts={state: counts[state] for state in ALERT_STATES if counts[state]},
+                    alert_status=summary,
+                )
+            )
+        return out
+
+    # ---------------------------------------------------------------- alert outbox
+
+    def enqueue_alert(self, opportunity_id: int, recipient: str, body: str, *, at: datetime | None = None) -> int:
+        """Queue an alert; idempotent on (opportunity, recipient): returns the existing id."""
+        now = self._now(at)
+        with self.transaction() as db:
+            if not db.execute("SELECT 1 FROM opportunities WHERE id = ?", (opportunity_id,)).fetchone():
+                raise StoreError(f"enqueue_alert: no opportunity {opportunity_id} is stored")
+            db.execute(
+                """INSERT INTO alerts (opportunity_id, recipient, body, state, created_at, updated_at)
+                   VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT(opportunity_id, recipient) DO NOTHING""",
+                (opportunity_id, recipient, body, now, now),
+            )
+            row = db.execute(
+                "SELECT id FROM alerts WHERE opportunity_id = ? AND recipient = ?", (opportunity_id, recipient)
+            ).fetchone()
+            return int(row[0])
+
+    @staticmethod
+    def _alert(row: sqlite3.Row) -> AlertRow:
+        return AlertRow(
+            id=row["id"],
+            opportunity_id=row["opportunity_id"],
+            recipient=row["recipient"],
+            body=row["body"],
+            state=row["state"],
+            attempts=row["attempts"],
+            provider_id=row["provider_id"],
+            last_error=row["last_error"],
+            created_at=from_text(row["created_at"]),
+            updated_at=from_text(row["updated_at"]),
+            sent_at=from_text(row["sent_at"]),
+        )
+
+    @staticmethod
+    def _check_states(states: Sequence[str]) -> None:
+        bad = [state for state in states if state not in ALERT_STATES]
+        if bad:
+            raise ValueError(f"unknown alert state(s) {bad}; expected some of {list(ALERT_STATES)}")
+
+    def alerts(self, states: Sequence[str] = ALERT_STATES) -> list[AlertRow]:
+        """Alerts in the given states, oldest first."""
+        states = [states] if isinstance(states, str) else list(states)
+        self._check_states(states)
+        if not states:
+            return []
+        marks = ",".join("?" * len(states))
+        return [self._alert(r) for r in self._all(f"SELECT * FROM alerts WHERE state IN ({marks}) ORDER BY id", states)]
+
+    def get_alert(self, alert_id: int) -> AlertRow | None:
+        row = self._one("SELECT * FROM alerts WHERE id = ?", (alert_id,))
+        return self._alert(row) if row else None
+
+    def mark_alert(
+        self,
+        alert_id: int,
+        state: str,
+        *,
+        provider_id: str | None = None,
+        error: str | None = None,
+        at: datetime | None = None,
+        count_attempt: bool | None = None,
+    ) -> None:
+        """Move an alert to `state`.
+
+        `provider_id` and `error` are recorded when given (an alert marked sent without an
+        error keeps its last error for the record). Marking `sending` counts one attempt
+        unless `count_attempt=False`; marking `sent` records `sent_at`.
+        """
+        self._check_states([state])
+        now = self._now(at)
+        counted = int(state == "sending" if count_attempt is None else count_attempt)
+        with self.transaction() as db:
+            cursor = db.execute(
+                """UPDATE alerts SET state = ?, updated_at = ?, attempts = attempts + ?,
+                          provider_id = COALESCE(?, provider_id), last_error = COALESCE(?, last_error),
+                          sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END
+                   WHERE id = ?""",
+                (state, now, counted, provider_id, error, state, now, alert_id),
+            )
+            if cursor.rowcount == 0:
+                raise StoreError(f"mark_alert: no alert {alert_id}")
+
+    def count_sent_since(self, when: datetime, recipient: str | None = None) -> int:
+        """Alerts sent at or after `when` (to `recipient` only, if given)."""
+        sql = "SELECT COUNT(*) FROM alerts WHERE state = 'sent' AND sent_at >= ?"
+        params: list[Any] = [to_text(when)]
+        if recipient is not None:
+            sql += " AND recipient = ?"
+            params.append(recipient)
+        row = self._one(sql, params)
+        return int(row[0]) if row else 0
+
+    # ---------------------------------------------------------------- runs
+
+    def start_run(self) -> int:
+        with self.transaction() as db:
+            cursor = db.execute("INSERT INTO runs (started_at, status) VALUES (?, 'running')", (self._now(),))
+            return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def finish_run(self, run_id: int, status: str, stats: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, stats = ? WHERE id = ?",
+                (self._now(), status, json.dumps(stats, default=str), run_id),
+            )
+            if cursor.rowcount == 0:
+                raise StoreError(f"finish_run: no run {run_id}")
+
+    def recent_runs(self, limit: int = 10) -> list[RunRow]:
+        rows = self._all("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [
+            RunRow(
+                id=row["id"],
+                started_at=from_text(row["started_at"]),
+                finished_at=from_text(row["finished_at"]),
+                status=row["status"],
+                stats=json.loads(row["stats"]),
+            )
+            for row in rows
+        ]
+
+
+__all__ = ["ALERT_STATES", "AlertRow", "HistoryRow", "RunRow", "Store", "StoreError"]

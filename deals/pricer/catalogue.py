@@ -1,0 +1,82 @@
+"""The priced catalogue behind retrieval: open the vector store, seeding it on first use.
+
+The package ships a starter catalogue (`deals/data/starter/`): curated, real Amazon
+products with their prices AND their MiniLM vectors, computed once when the starter was
+built (`scripts/build_starter.py`). Seeding a fresh store therefore only writes vectors
+(seconds) instead of encoding ~8,000 texts (minutes on two cores). When the configured
+embedding model differs from the one the starter vectors were made with, the texts are
+encoded instead, with a progress bar.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from deals.framework.errors import IndexError_
+from deals.framework.models import Product
+
+if TYPE_CHECKING:
+    from deals.framework.settings import Settings
+    from deals.memory.vectors import VectorStore
+
+log = logging.getLogger(__name__)
+
+STARTER_DIR = Path(__file__).resolve().parent.parent / "data" / "starter"
+STARTER_PRODUCTS = "products.jsonl.gz"
+STARTER_VECTORS = "embeddings.npy"
+STARTER_MANIFEST = "manifest.json"
+
+
+def starter_manifest(directory: Path = STARTER_DIR) -> dict:
+    path = directory / STARTER_MANIFEST
+    if not path.exists():
+        raise IndexError_(f"the starter catalogue is missing ({path}); reinstall deals or run `deals index --data FILE`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def starter_products(directory: Path = STARTER_DIR) -> list[Product]:
+    with gzip.open(directory / STARTER_PRODUCTS, "rt", encoding="utf-8") as handle:
+        return [Product.model_validate_json(line) for line in handle if line.strip()]
+
+
+def seed_starter(store: VectorStore, settings: Settings, *, directory: Path = STARTER_DIR, progress: bool = True) -> int:
+    """Write the starter catalogue into `store`; returns the number of products written."""
+    manifest = starter_manifest(directory)
+    products = starter_products(directory)
+    if manifest.get("fingerprint") == store.fingerprint:
+        vectors = np.load(directory / STARTER_VECTORS).astype(np.float32)
+        if len(vectors) != len(products):
+            raise IndexError_(f"starter catalogue is inconsistent: {len(products)} products, {len(vectors)} vectors")
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        from rich.progress import Progress
+
+        batch = settings.vectors.batch_size
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task("loading the starter catalogue", total=len(products))
+            for start in range(0, len(products), batch):
+                store.add(products[start : start + batch], vectors[start : start + batch])
+                bar.update(task, advance=len(products[start : start + batch]))
+        return len(products)
+    log.info("starter vectors were made with %s; encoding with %s", manifest.get("fingerprint"), store.fingerprint)
+    from deals.memory.embeddings import Embedder
+
+    return store.index_products(products, Embedder(settings.embeddings), progress=progress).added
+
+
+def open_catalogue(settings: Settings, *, progress: bool = True, seed: bool | None = None) -> VectorStore:
+    """The product vector store; seeded with the starter catalogue when empty (unless disabled)."""
+    from deals.memory.embeddings import embedder_fingerprint
+    from deals.memory.vectors import VectorStore
+
+    store = VectorStore(settings.vectors, embedder_fingerprint(settings.embeddings))
+    if store.count() == 0 and (settings.vectors.auto_starter if seed is None else seed):
+        log.info("the product index is empty: loading the bundled starter catalogue")
+        written = seed_starter(store, settings, progress=progress)
+        log.info("starter catalogue ready: %d products", written)
+    return store

@@ -1,0 +1,469 @@
+"""The evaluation harness: run pricers over priced products and report how close they came.
+
+`evaluate()` prices items in batches with `exclude_exact=True` (an item must not be its
+own neighbour), shows a progress bar, records one row per item and scores them with
+`deals.pricer.metrics`. A `DealsError` while pricing an item is a logged, counted failure,
+never the end of the run; any other exception is a bug and propagates.
+
+Outputs, all built from `EvaluationReport`:
+
+    render_table(reports)    rich table, one row per pricer (side by side)
+    render_buckets(report)   rich table, one row per true-price bucket
+    write_report(reports, p) JSON, written atomically (format below)
+    read_report(p)           the reports back from such a file
+    plot(reports, p)         PNG: truth vs estimate, log-log, one panel per pricer
+
+JSON format of `write_report`: ONE report is written as the report object itself, with
+`pricer`, `n`, `mae`, `rmsle`, `hit_rate` at the top level. SEVERAL reports are written
+as the FIRST report's object (so a consumer of single reports still finds `pricer`,
+`mae`, ... at the top level and reads the first pricer named) plus two extra keys:
+`reports` (every report, in order, the first included) and `pricers` (their names).
+`read_report` returns `reports` when present, else the single object.
+
+Typical use (what `deals evaluate` does)::
+
+    reports = compare({"knn": knn, "constant": constant}, test_items, settings.evaluation)
+    console.print(render_table(reports))
+    write_report(reports, paths.reports_dir() / "evaluation.json")
+    plot(reports, paths.reports_dir() / "evaluation.png")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from deals.framework.errors import DealsError, PricingError
+from deals.framework.models import Estimate, Product, utcnow
+from deals.framework.settings import EvaluationSettings
+from deals.pricer.base import Pricer
+from deals.pricer.metrics import Metrics, Outcome, classify, compute_metrics
+
+log = logging.getLogger(__name__)
+
+COLOURS: dict[str, str] = {"hit": "#2ca02c", "near": "#ff8c00", "miss": "#d62728"}
+
+
+class ItemResult(BaseModel):
+    """One priced item. Serialised with the key `class` for the outcome."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    title: str
+    truth: float
+    estimate: float
+    error: float = Field(description="estimate - truth, USD")
+    outcome: Outcome = Field(alias="class")
+
+
+class Failure(BaseModel):
+    """An item the pricer could not price."""
+
+    title: str
+    error: str = Field(description="exception type and message")
+
+
+class EvaluationReport(BaseModel):
+    """How one pricer did on one set of items."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    pricer: str
+    n: int = Field(description="items priced (failures excluded)")
+    mae: float | None = Field(description="null when no item could be priced")
+    rmsle: float | None
+    hit_rate: float | None = Field(description="0..1")
+    metrics: Metrics | None = Field(description="every metric, CIs and price buckets; null when n = 0")
+    attempted: int = Field(description="items the pricer was asked to price")
+    failures: int
+    failed: list[Failure] = Field(default_factory=list)
+    seconds: float = Field(description="wall time of the run")
+    items_per_s: float = Field(description="attempted items per second")
+    excluded_neighbours: int = Field(description="neighbours dropped because they were the evaluated item itself")
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    data_file: str | None = Field(None, description="where the items came from")
+    settings: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    created_at: datetime = Field(default_factory=utcnow)
+    rows: list[ItemResult] = Field(default_factory=list)
+
+    @property
+    def exclusion_note(self) -> str:
+        return f"{self.excluded_neighbours} exact matches of evaluated items were excluded from the neighbours"
+
+
+# --------------------------------------------------------------------------- running
+
+
+class _SpeedColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} items/s" if speed else "- items/s", style="progress.data.speed")
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _SpeedColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def _price_one(pricer: Pricer, item: Product) -> Estimate:
+    estimate = pricer.price(item.text, exclude_exact=True)
+    if not isinstance(estimate, Estimate):
+        raise PricingError(f"pricer returned {type(estimate).__name__}, not an Estimate")
+    return estimate
+
+
+def _price_batch(pricer: Pricer, batch: Sequence[Product]) -> list[Estimate | DealsError]:
+    """Estimates for `batch`, or the error of each item that failed.
+
+    The batch goes through `price_many` when the pricer has it; if the batch as a whole
+    fails (or returns the wrong count), its items are priced one by one so a single bad
+    item cannot sink its neighbours.
+    """
+    price_many = getattr(pricer, "price_many", None)
+    if callable(price_many) and len(batch) > 1:
+        try:
+            estimates = price_many([item.text for item in batch], exclude_exact=True)
+            if len(estimates) != len(batch) or not all(isinstance(e, Estimate) for e in estimates):
+                raise PricingError(f"price_many returned {len(estimates)} results for {len(batch)} items")
+            return list(estimates)
+        except DealsError as exc:
+            log.debug("batch of %d failed (%s); pricing its items one by one", len(batch), exc)
+    results: list[Estimate | DealsError] = []
+    for item in batch:
+        try:
+            results.append(_price_one(pricer, item))
+        except DealsError as exc:
+            results.append(exc)
+    return results
+
+
+def _data_file(items: Sequence[Product]) -> str | None:
+    sources = sorted({item.source for item in items if item.source})
+    return ", ".join(sources) or None
+
+
+def evaluate(
+    pricer: Pricer,
+    items: Sequence[Product],
+    settings: EvaluationSettings,
+    *,
+    name: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    data_file: str | None = None,
+) -> EvaluationReport:
+    """Price the first `limit` items (default `settings.limit`, else all) and score the estimates.
+
+    `data_file` names where the items came from in the report; by default the items'
+    distinct `source` values.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    limit = settings.limit if limit is None else limit
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    chosen = list(items[:limit] if limit is not None else items)
+    label = name or getattr(pricer, "name", None) or type(pricer).__name__
+
+    rows: list[ItemResult] = []
+    failed: list[Failure] = []
+    excluded = tokens_in = tokens_out = 0
+    cost = 0.0
+    started = time.perf_counter()
+    with _progress(progress) as bar:
+        task = bar.add_task(f"pricing with {label}", total=len(chosen))
+        for start in range(0, len(chosen), batch_size):
+            batch = chosen[start : start + batch_size]
+            for item, result in zip(batch, _price_batch(pricer, batch), strict=True):
+                if isinstance(result, DealsError):
+                    log.warning("%s could not price %r: %s", label, item.title[:80], result)
+                    failed.append(Failure(title=item.title, error=f"{type(result).__name__}: {result}"))
+                    continue
+                rows.append(
+                    ItemResult(
+                        title=item.title,
+                        truth=item.price,
+                        estimate=result.price,
+                        error=result.price - item.price,
+                        outcome=classify(item.price, result.price, settings),
+                    )
+                )
+                excluded += result.excluded
+                tokens_in += result.tokens_in
+                tokens_out += result.tokens_out
+                cost += result.cost_usd
+            bar.advance(task, len(batch))
+    seconds = time.perf_counter() - started
+
+    metrics = compute_metrics([r.truth for r in rows], [r.estimate for r in rows], settings) if rows else None
+    report = EvaluationReport(
+        pricer=label,
+        n=len(rows),
+        mae=metrics.mae if metrics else None,
+        rmsle=metrics.rmsle if metrics else None,
+        hit_rate=metrics.hit_rate if metrics else None,
+        metrics=metrics,
+        attempted=len(chosen),
+        failures=len(failed),
+        failed=failed,
+        seconds=seconds,
+        items_per_s=len(chosen) / seconds if seconds > 0 else 0.0,
+        excluded_neighbours=excluded,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        cost_usd=cost,
+        data_file=data_file or _data_file(chosen),
+        settings=settings,
+        rows=rows,
+    )
+    _log_summary(report)
+    return report
+
+
+def _log_summary(report: EvaluationReport) -> None:
+    if report.metrics is None:
+        log.error("%s priced none of %d items (%d failures)", report.pricer, report.attempted, report.failures)
+    else:
+        log.info(
+            "%s: n=%d MAE $%.2f RMSLE %.3f hits %.1f%% failures %d (%.1f items/s)",
+            report.pricer, report.n, report.metrics.mae, report.metrics.rmsle,
+            100 * report.metrics.hit_rate, report.failures, report.items_per_s,
+        )  # fmt: skip
+    log.info("%s: %s", report.pricer, report.exclusion_note)
+    if report.tokens_in or report.tokens_out or report.cost_usd:
+        log.info("%s: %d tokens in, %d out, $%.4f", report.pricer, report.tokens_in, report.tokens_out, report.cost_usd)
+
+
+def compare(
+    pricers: dict[str, Pricer], items: Sequence[Product], settings: EvaluationSettings, **kw: Any
+) -> list[EvaluationReport]:
+    """Evaluate several pricers on the same items, in the order given; `kw` as for `evaluate`."""
+    if "name" in kw:
+        raise TypeError("compare() names each report after its key in `pricers`")
+    return [evaluate(pricer, items, settings, name=name, **kw) for name, pricer in pricers.items()]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
+def render_table(reports: Sequence[EvaluationReport]) -> Table:
+    """One row per pricer: n, MAE with its 95% CI, RMSLE, hit rate, failures, speed (and cost if any)."""
+    show_cost = any(r.tokens_in or r.tokens_out or r.cost_usd for r in reports)
+    table = Table(title="Pricer evaluation")
+    table.add_column("Pricer", style="bold")
+    for column in ("n", "MAE (95% CI)", "RMSLE", "Hit %", "Failures", "Items/s"):
+        table.add_column(column, justify="right")
+    if show_cost:
+        table.add_column("Tokens in/out", justify="right")
+        table.add_column("Cost", justify="right")
+    scored = [r.metrics.mae for r in reports if r.metrics]
+    best = min(scored) if len(scored) > 1 else None
+    for report in reports:
+        m = report.metrics
+        if m is None:
+            cells = [str(report.n), "-", "-", "-"]
+        else:
+            lo, hi = m.mae_ci95
+            mae = f"{_money(m.mae)} ({_money(lo)}-{_money(hi)})"
+            cells = [str(m.n), f"[green]{mae}[/]" if m.mae == best else mae, f"{m.rmsle:.3f}", f"{100 * m.hit_rate:.1f}"]
+        cells += [str(report.failures), f"{report.items_per_s:,.1f}"]
+        if show_cost:
+            cells += [f"{report.tokens_in:,}/{report.tokens_out:,}", f"${report.cost_usd:.4f}"]
+        table.add_row(report.pricer, *cells)
+    notes = [f"{r.pricer}: {r.exclusion_note}" for r in reports if r.excluded_neighbours]
+    if notes:
+        table.caption = "\n".join(notes)
+    return table
+
+
+def render_buckets(report: EvaluationReport) -> Table:
+    """One row per bucket of the true price: n, MAE, RMSLE, hit rate, bias."""
+    table = Table(title=f"{report.pricer} by true price")
+    table.add_column("True price", style="bold")
+    for column in ("n", "MAE", "RMSLE", "Hit %", "Bias"):
+        table.add_column(column, justify="right")
+    for b in report.metrics.buckets if report.metrics else []:
+        bias = f"{'+' if b.bias >= 0 else '-'}{_money(abs(b.bias))}"
+        table.add_row(b.bucket, str(b.n), _money(b.mae), f"{b.rmsle:.3f}", f"{100 * b.hit_rate:.1f}", bias)
+    return table
+
+
+# --------------------------------------------------------------------------- files
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; move it over `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def report_json(reports: Sequence[EvaluationReport]) -> dict[str, Any]:
+    """The JSON object `write_report` writes (see the module docstring)."""
+    if not reports:
+        raise ValueError("no reports to write")
+    dumped = [r.model_dump(mode="json") for r in reports]
+    if len(dumped) == 1:
+        return dumped[0]
+    return {**dumped[0], "reports": dumped, "pricers": [r.pricer for r in reports]}
+
+
+def write_report(reports: Sequence[EvaluationReport] | EvaluationReport, path: str | os.PathLike[str]) -> Path:
+    """Write the reports as JSON, atomically; returns the path."""
+    if isinstance(reports, EvaluationReport):
+        reports = [reports]
+    target = Path(path)
+    payload = json.dumps(report_json(reports), indent=2, ensure_ascii=False)
+    with _atomic(target) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(payload + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    return target
+
+
+def read_report(path: str | os.PathLike[str]) -> list[EvaluationReport]:
+    """The reports in a file written by `write_report`."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    objects = data["reports"] if isinstance(data, dict) and "reports" in data else [data]
+    return [EvaluationReport.model_validate(obj) for obj in objects]
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _hit_band(settings: EvaluationSettings, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest estimate that still count as a hit for true price x."""
+    low = np.minimum(x - settings.hit_abs, x * (1 - settings.hit_rel))
+    high = np.maximum(x + settings.hit_abs, x * (1 + settings.hit_rel))
+    return np.maximum(low, x * 1e-3), high
+
+
+def plot(reports: Sequence[EvaluationReport] | EvaluationReport, path: str | os.PathLike[str]) -> Path:
+    """Write a PNG: truth vs estimate on log-log axes, one panel per pricer; returns the path."""
+    # The object-oriented API with the Agg canvas: no pyplot, no display, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
+
+    if isinstance(reports, EvaluationReport):
+        reports = [reports]
+    if not reports:
+        raise ValueError("no reports to plot")
+    values = [v for r in reports for row in r.rows for v in (row.truth, row.estimate) if v > 0]
+    low, high = (min(values) / 1.5, max(values) * 1.5) if values else (1.0, 1000.0)
+
+    fig = Figure(figsize=(5.6 * len(reports), 5.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(reports), squeeze=False)[0]
+    dollars = FuncFormatter(lambda v, _pos: f"\\${v:,.0f}" if v >= 1 else f"\\${v:g}")
+    for ax, report in zip(axes, reports, strict=True):
+        x = np.geomspace(low, high, 200)
+        band_low, band_high = _hit_band(report.settings, x)
+        ax.fill_between(x, band_low, band_high, color=COLOURS["hit"], alpha=0.08, linewidth=0)
+        ax.plot([low, high], [low, high], color="0.3", linewidth=1, linestyle="--")
+        size = 28 if len(report.rows) <= 500 else 8
+        counts = {}
+        for outcome in ("miss", "near", "hit"):
+            chosen = [r for r in report.rows if r.outcome == outcome]
+            counts[outcome] = len(chosen)
+            if chosen:
+                ax.scatter(
+                    [r.truth for r in chosen],
+                    [max(r.estimate, low) for r in chosen],
+                    s=size,
+                    c=COLOURS[outcome],
+                    alpha=0.75,
+                    edgecolors="none",
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(low, high)
+        ax.set_ylim(low, high)
+        ax.set_aspect("equal")
+        ax.xaxis.set_major_formatter(dollars)
+        ax.yaxis.set_major_formatter(dollars)
+        ax.grid(True, which="major", color="0.9")
+        ax.set_xlabel("true price")
+        ax.set_ylabel("estimate")
+        m = report.metrics
+        summary = f"MAE \\${m.mae:,.2f}   hits {100 * m.hit_rate:.1f}%   n = {m.n}" if m else "no item priced"
+        if report.failures:
+            summary += f"   failures {report.failures}"
+        ax.set_title(report.pricer.replace("$", r"\$") + "\n" + summary, fontsize=11)
+        handles = [
+            Line2D([], [], marker="o", linestyle="", color=COLOURS[o], label=f"{o} ({counts[o]})")
+            for o in ("hit", "near", "miss")
+        ]
+        handles.append(Line2D([], [], color="0.3", linestyle="--", label="estimate = truth"))
+        handles.append(Patch(color=COLOURS["hit"], alpha=0.15, label="hit zone"))
+        ax.legend(handles=handles, loc="upper left", fontsize=9, framealpha=0.9)
+
+    target = Path(path)
+    with _atomic(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return target
+
+
+__all__ = [
+    "EvaluationReport",
+    "Failure",
+    "ItemResult",
+    "compare",
+    "evaluate",
+    "plot",
+    "read_report",
+    "render_buckets",
+    "render_table",
+    "report_json",
+    "write_report",
+]

@@ -1,0 +1,419 @@
+"""The messenger end to end: the real twilio SDK against a fake Twilio on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+from tests.fakes.twilio_server import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
+
+from deals.agents import notifiers
+from deals.agents.messenger import Messenger, format_alert, gsm7_length, money, to_gsm7
+from deals.agents.notifiers import ConsoleNotifier, TwilioNotifier
+from deals.framework.errors import ConfigError, PermanentNotifyError, TransientNotifyError
+from deals.framework.models import Deal, Estimate, Opportunity
+from deals.framework.settings import Settings
+from deals.memory.store import Store
+
+NY = ZoneInfo("America/New_York")
+T0 = datetime(2025, 6, 10, 16, 0, tzinfo=timezone.utc)  # 12:00 in New York
+SENDER = "+15550000000"
+ALICE, BOB = "+15551110001", "+15552220002"
+
+
+class Clock:
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set_local(self, zone: ZoneInfo, *args: int) -> None:
+        self.now = datetime(*args, tzinfo=zone).astimezone(timezone.utc)
+
+
+@pytest.fixture(autouse=True)
+def fresh_notices(monkeypatch):
+    """'Once per process' notices start unsaid in each test."""
+    monkeypatch.setattr(notifiers, "_warned", set())
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def fake(clock):
+    with FakeTwilio(clock=clock) as server:
+        yield server
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    with Store(tmp_path / "deals.db", clock=clock) as s:
+        yield s
+
+
+@pytest.fixture
+def twilio_env() -> dict[str, str]:
+    return {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_FROM_NUMBER": SENDER}
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def make(fake, store, clock, sleeps, twilio_env):
+    """A Messenger wired to the fake through the real SDK (via build_notifier and the environment)."""
+    made: list[Messenger] = []
+
+    def factory(env: dict[str, str] | None = None, **messenger: object) -> Messenger:
+        config = {"to": [ALICE], "base_url": fake.url, "retry_base_s": 1.0, "max_attempts": 3, **messenger}
+        settings = Settings.model_validate({"messenger": config})
+        m = Messenger(settings, store, clock=clock, sleep=sleeps.append, environ=twilio_env if env is None else env)
+        made.append(m)
+        return m
+
+    yield factory
+    for m in made:
+        m.close()
+
+
+def build(key: str, price: float = 79.99, est: float = 199.0, description: str | None = None) -> Opportunity:
+    deal = Deal(
+        entry_key=key,
+        product_description=description or f"Acme Model {key} cordless drill kit",
+        price=price,
+        url=f"https://www.dealnews.com/{key}.html",
+    )
+    return Opportunity(deal=deal, estimate=Estimate(price=est, pricer="knn"), discount=est - price)
+
+
+def opp(store: Store, key: str, price: float = 79.99, est: float = 199.0, description: str | None = None) -> tuple[int, Opportunity]:
+    """An opportunity as the planner hands it over: stored first, then (id, opportunity)."""
+    o = build(key, price, est, description)
+    return store.save_opportunity(o), o
+
+
+def states(store: Store) -> list[str]:
+    return [a.state for a in store.alerts()]
+
+
+# --------------------------------------------------------------------------- message text
+
+
+def test_message_has_every_number_and_the_link_and_fits_one_sms():
+    deal = Deal(
+        entry_key="x",
+        product_description="Sony WH-1000XM5 Wireless Noise Canceling Over-Ear Headphones with Mic, 30-hour battery, "
+        "multipoint Bluetooth, touch controls \u2013 \u201cMidnight Blue\u201d edition\u2122",
+        price=248.0,
+        url="https://www.dealnews.com/products/Sony/Sony-WH-1000-XM-5-Headphones/123456.html",
+    )
+    o = Opportunity(deal=deal, estimate=Estimate(price=399.99, pricer="knn"), discount=151.99)
+    text = format_alert(o, 160)
+    assert gsm7_length(text) <= 160
+    assert text.startswith("Sony WH-1000XM5 Wireless")
+    assert "..." in text
+    assert "$248 " in text and "est $399.99" in text and "save $151.99 / 38%" in text
+    assert text.endswith(" " + deal.url)
+    assert to_gsm7(text) == text  # only GSM-7 characters
+
+    short = format_alert(o.model_copy(update={"deal": deal.model_copy(update={"product_description": "Sony headphones"})}), 160)
+    assert short == f"Sony headphones: $248 (est $399.99, save $151.99 / 38%) {deal.url}"
+
+    for limit in (130, 140, 150):
+        cut = format_alert(o, limit)
+        assert gsm7_length(cut) <= limit and cut.startswith("Sony") and cut.endswith(deal.url) and "est $399.99" in cut
+    assert format_alert(o, 100).startswith("$248 (est $399.99")  # no room for a description: facts win
+
+    huge_url = deal.model_copy(update={"url": "https://example.com/" + "a" * 200})
+    only_facts = format_alert(o.model_copy(update={"deal": huge_url}), 160)
+    assert only_facts.startswith("$248 (est") and only_facts.endswith("a" * 200)  # link never cut
+
+
+def test_gsm7_and_money_helpers():
+    assert to_gsm7("Caf\u00e9 \u201cna\u00efve\u201d \u2014 5\u00d72\u2026 \u4e2d") == 'Café "naive" - 5x2...'
+    assert gsm7_length("a[b]") == 6
+    assert money(1234.0) == "$1,234" and money(19.5) == "$19.50" and money(0.99) == "$0.99"
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def test_notify_sends_each_opportunity_to_each_recipient_once(make, store, fake):
+    messenger = make(to=[ALICE, BOB])
+    opps = [opp(store, "a"), opp(store, "b", 10.0, 60.0)]
+    report = messenger.notify(opps)
+    assert (report.enqueued, report.sent, report.failed, report.waiting) == (4, 4, 0, 0)
+    assert sorted((m["to"], m["from"]) for m in fake.created) == sorted([(ALICE, SENDER), (BOB, SENDER)] * 2)
+    assert all(m["num_segments"] == "1" for m in fake.created)  # judged by the fake's own GSM-7 table
+    by_sid = {m["sid"]: m for m in fake.created}
+    for alert in store.alerts():
+        assert alert.state == "sent" and alert.attempts == 1
+        assert by_sid[alert.provider_id]["body"] == alert.body and by_sid[alert.provider_id]["to"] == alert.recipient
+        assert len(alert.body) <= 160
+    assert "save $50 / 83%" in store.alerts()[-1].body
+    assert all(r.user == ACCOUNT_SID for r in fake.requests)
+
+    again = messenger.notify(opps)  # the same opportunities again: nothing resent
+    assert again.sent == 0 and len(fake.created) == 4
+    assert store.history()[0].alert_status == "sent 2"
+
+
+def test_500_then_success_is_retried_after_checking_it_did_not_go_out(make, store, fake, sleeps):
+    fake.fail(500)
+    report = make().notify([opp(store, "a")])
+    assert report.sent == 1 and sleeps == [1.0]
+    assert [r.method for r in fake.requests] == ["POST", "GET", "POST"]
+    assert [r.status for r in fake.posts()] == [500, 201]
+    (alert,) = store.alerts()
+    assert (alert.state, alert.attempts, alert.provider_id) == ("sent", 2, fake.created[0]["sid"])
+    assert "500" in alert.last_error
+
+
+def test_429_is_retried_with_exponential_backoff(make, store, fake, sleeps):
+    fake.fail(429, times=2)
+    report = make(retry_base_s=0.5, max_attempts=4).notify([opp(store, "a")])
+    assert report.sent == 1 and len(fake.created) == 1
+    assert sleeps == [0.5, 1.0]
+    assert store.alerts()[0].attempts == 3
+
+
+def test_400_fails_without_retry(make, store, fake, sleeps):
+    fake.fail(400)
+    report = make().notify([opp(store, "a"), opp(store, "b")])
+    assert (report.failed, report.sent) == (1, 1)
+    assert sleeps == [] and len(fake.posts()) == 2
+    failed, sent = store.alerts()
+    assert failed.state == "failed" and "21211" in failed.last_error and failed.attempts == 1
+    assert sent.state == "sent"
+    assert "failed 1" == store.history()[-1].alert_status
+
+
+def test_invalid_recipient_is_a_permanent_failure_from_the_real_validation(make, store, fake):
+    report = make(to=["555-1234"]).notify([opp(store, "a")])
+    assert report.failed == 1 and fake.created == []
+    assert "not a valid phone number" in store.alerts()[0].last_error
+
+
+def test_provider_down_leaves_alert_pending_then_reconciles_and_sends_once(make, store, fake, sleeps):
+    fake.fail(500, times=3)
+    messenger = make(max_attempts=3)
+    report = messenger.notify([opp(store, "a"), opp(store, "b")])
+    assert (report.sent, report.unknown, report.waiting) == (0, 1, 1)
+    assert sleeps == [1.0, 2.0]
+    assert states(store) == ["sending", "queued"]  # the second was not even tried
+    assert "outcome unknown" in store.alerts()[0].last_error
+
+    later = messenger.deliver_pending()  # Twilio is back
+    assert (later.requeued, later.sent) == (1, 2)
+    assert states(store) == ["sent", "sent"]
+    assert sorted(m["body"] for m in fake.created) == sorted(a.body for a in store.alerts())
+
+
+def test_network_failure_is_transient(store, clock, sleeps, twilio_env):
+    settings = Settings.model_validate({"messenger": {"to": [ALICE], "base_url": "http://127.0.0.1:9", "max_attempts": 2}})
+    with pytest.raises(TransientNotifyError, match="network error"):
+        TwilioNotifier(ACCOUNT_SID, AUTH_TOKEN, SENDER, base_url="http://127.0.0.1:9").send(ALICE, "hi")
+    messenger = Messenger(settings, store, clock=clock, sleep=sleeps.append, environ=twilio_env)
+    report = messenger.notify([opp(store, "a")])
+    assert report.unknown == 1 and states(store) == ["sending"]
+
+
+# --------------------------------------------------------------------------- crash recovery
+
+
+def _crashed_while_sending(store: Store, key: str, messenger: Messenger) -> tuple[int, str]:
+    """An alert marked 'sending' by a process that died before marking the outcome."""
+    opportunity_id, o = opp(store, key)
+    body = format_alert(o)
+    alert_id = store.enqueue_alert(opportunity_id, ALICE, body)
+    store.mark_alert(alert_id, "sending")
+    return alert_id, body
+
+
+def test_reconcile_marks_already_sent_and_resends_the_rest_once(make, store, fake):
+    messenger = make()
+    went_out, body = _crashed_while_sending(store, "a", messenger)
+    sid = fake.add_message(ALICE, body, from_=SENDER)
+    fake.add_message(BOB, "unrelated", from_=SENDER)
+    lost, _ = _crashed_while_sending(store, "b", messenger)
+
+    report = messenger.deliver_pending()
+    assert (report.reconciled, report.requeued, report.sent) == (1, 1, 1)
+    assert store.get_alert(went_out).state == "sent" and store.get_alert(went_out).provider_id == sid
+    assert store.get_alert(lost).state == "sent"
+    assert [m["body"] for m in fake.created] == [store.get_alert(lost).body]  # one POST, for "b" only
+    lists = [r for r in fake.requests if r.method == "GET"]
+    assert all(r.query.get("To") == ALICE for r in lists)
+
+    messenger.deliver_pending()
+    assert len(fake.created) == 1
+
+
+def test_reconcile_finds_a_message_twilio_has_not_handed_to_the_carrier_yet(make, store, fake, clock):
+    fake.hold = True  # accepted, status queued, no date_sent yet
+    messenger = make()
+    alert_id, body = _crashed_while_sending(store, "a", messenger)
+    fake.add_message(ALICE, "Sent from your Twilio trial account - " + body, from_=SENDER, sent=False)
+    assert messenger.reconcile().reconciled == 1
+    assert fake.created == [] and store.get_alert(alert_id).state == "sent"
+
+
+def test_reconcile_when_twilio_cannot_be_asked_resends_nothing(make, store, fake):
+    messenger = make()
+    alert_id, _ = _crashed_while_sending(store, "a", messenger)
+    fake.fail(503, method="GET")
+    report = messenger.deliver_pending()
+    assert report.unknown == 1 and store.get_alert(alert_id).state == "sending" and fake.posts() == []
+    assert messenger.deliver_pending().requeued == 1 and len(fake.created) == 1
+
+
+def test_opportunity_stored_without_alerts_is_recovered_but_old_ones_are_not(make, store, fake, clock):
+    clock.now = T0 - timedelta(days=3)
+    opp(store, "ancient")
+    clock.now = T0
+    recent_id, _ = opp(store, "recent")
+    report = make().deliver_pending()
+    assert report.enqueued == 1 and report.sent == 1
+    assert [a.opportunity_id for a in store.alerts()] == [recent_id]
+
+
+def test_stale_queued_alert_is_skipped(make, store, fake, clock):
+    messenger = make(quiet_start="00:00", quiet_end="23:59")  # always quiet: stays queued
+    messenger.notify([opp(store, "a")])
+    clock.now = T0 + timedelta(days=2)
+    report = make().deliver_pending()
+    assert report.skipped == 1 and fake.created == []
+    assert store.alerts()[0].last_error.startswith("stale")
+
+
+# --------------------------------------------------------------------------- quiet hours and cap
+
+
+def test_quiet_hours_spanning_midnight_hold_alerts_until_they_end(make, store, fake, clock):
+    messenger = make(quiet_start="22:00", quiet_end="07:00", timezone="America/New_York")
+    clock.set_local(NY, 2025, 6, 10, 23, 30)
+    report = messenger.notify([opp(store, "a")])
+    assert report.quiet and report.waiting == 1 and fake.requests == []
+    clock.set_local(NY, 2025, 6, 11, 2, 0)
+    assert messenger.deliver_pending().waiting == 1
+    clock.set_local(NY, 2025, 6, 11, 6, 59)
+    assert messenger.in_quiet_hours()
+    clock.set_local(NY, 2025, 6, 11, 7, 0)
+    report = messenger.deliver_pending()
+    assert report.sent == 1 and not report.quiet and states(store) == ["sent"]
+
+
+def test_quiet_hours_within_a_day(make, clock):
+    messenger = make(quiet_start="13:00", quiet_end="14:30", timezone="America/New_York")
+    assert not messenger.in_quiet_hours(datetime(2025, 6, 10, 12, 59, tzinfo=NY))
+    assert messenger.in_quiet_hours(datetime(2025, 6, 10, 13, 0, tzinfo=NY))
+    assert not messenger.in_quiet_hours(datetime(2025, 6, 10, 14, 30, tzinfo=NY))
+    assert not make().in_quiet_hours()
+
+
+def test_daily_cap_per_local_day_skips_the_excess(make, store, fake, clock):
+    la = ZoneInfo("America/Los_Angeles")
+    messenger = make(daily_cap=2, timezone="America/Los_Angeles", to=[ALICE, BOB])
+    clock.set_local(la, 2025, 6, 10, 20, 0)  # 03:00 UTC on the 11th: the local day is what counts
+    report = messenger.notify([opp(store, "a"), opp(store, "b"), opp(store, "c")])
+    assert (report.sent, report.skipped) == (4, 2)
+    skipped = store.alerts(["skipped"])
+    assert {a.recipient for a in skipped} == {ALICE, BOB} and all("daily cap of 2" in a.last_error for a in skipped)
+
+    clock.set_local(la, 2025, 6, 10, 23, 59)
+    assert messenger.notify([opp(store, "d")]).skipped == 2
+    clock.set_local(la, 2025, 6, 11, 0, 1)
+    assert messenger.notify([opp(store, "e")]).sent == 2
+    assert len(fake.created) == 6
+
+
+def test_an_unknown_opportunity_id_is_reported_and_the_rest_still_go_out(make, store, fake):
+    report = make().notify([(999, build("a")), opp(store, "b")])
+    assert report.sent == 1 and "no opportunity 999" in report.errors[0]
+    assert len(fake.created) == 1
+
+
+def test_daily_cap_zero_sends_nothing(make, store, fake):
+    assert make(daily_cap=0).notify([opp(store, "a")]).skipped == 1 and fake.created == []
+
+
+# --------------------------------------------------------------------------- console and configuration
+
+
+def test_console_fallback_prints_alerts_and_warns_once(make, store, fake, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    first = make(env={})
+    second = make(env={"TWILIO_ACCOUNT_SID": ACCOUNT_SID})
+    assert isinstance(first.notifier, ConsoleNotifier) and isinstance(second.notifier, ConsoleNotifier)
+    warnings = [r.getMessage() for r in caplog.records if "SMS is not configured" in r.getMessage()]
+    assert len(warnings) == 1 and "TWILIO_AUTH_TOKEN" in warnings[0]
+    assert first.recipients == ["console"]
+
+    report = first.notify([opp(store, "a", description="Console drill")])
+    assert report.sent == 1 and fake.requests == []
+    assert "[deals alert] Console drill: $79.99 (est $199" in capsys.readouterr().out
+    (alert,) = store.alerts()
+    assert alert.recipient == "console" and alert.provider_id.startswith("console-")
+
+
+def test_missing_sender_or_recipients_also_means_console(make):
+    env = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+    assert isinstance(make(env=env).notifier, ConsoleNotifier)
+    assert isinstance(make(env=env, from_number=SENDER).notifier, TwilioNotifier)
+    assert isinstance(make(to=[]).notifier, ConsoleNotifier)
+
+
+def test_recipient_removed_from_config_is_skipped(make, store, fake):
+    make(to=[ALICE, BOB], quiet_start="00:00", quiet_end="23:59").notify([opp(store, "a")])
+    report = make(to=[ALICE]).deliver_pending()
+    assert (report.sent, report.skipped) == (1, 1)
+    assert [m["to"] for m in fake.created] == [ALICE]
+
+
+def test_send_test_message(make, fake):
+    sids = make(to=[ALICE, BOB]).send_test()
+    assert sids == [m["sid"] for m in fake.created] and len(sids) == 2
+    assert fake.created[0]["body"].startswith("deals: test message, 2025-06-10")
+    fake.fail(401)
+    with pytest.raises(PermanentNotifyError, match="401"):
+        make().send_test("hello")
+
+
+def test_bad_settings_are_config_errors(make):
+    with pytest.raises(ConfigError, match="messenger.timezone"):
+        make(timezone="Mars/Olympus")
+    with pytest.raises(ConfigError, match="set together"):
+        make(quiet_start="22:00")
+    with pytest.raises(ConfigError, match="quiet_end"):
+        make(quiet_start="22:00", quiet_end="25:00")
+
+
+def test_the_auth_token_is_never_logged(make, store, fake, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    fake.fail(500)
+    messenger = make()
+    messenger.notify([opp(store, "a")])
+    fake.fail(400)
+    messenger.notify([opp(store, "b")])
+    assert AUTH_TOKEN not in caplog.text and AUTH_TOKEN not in repr(messenger.notifier)
+    assert AUTH_TOKEN not in capsys.readouterr().err
+    assert all(AUTH_TOKEN not in (a.last_error or "") for a in store.alerts())
+
+
+def test_fake_honours_the_sdk_list_filters(fake, clock):
+    client = TwilioNotifier(ACCOUNT_SID, AUTH_TOKEN, SENDER, base_url=fake.url).client
+    fake.add_message(ALICE, "old", created=T0 - timedelta(days=2))
+    fake.add_message(ALICE, "new", created=T0)
+    fake.add_message(BOB, "other", created=T0)
+    assert [m.body for m in client.messages.list(to=ALICE)] == ["new", "old"]
+    assert [m.body for m in client.messages.list(to=ALICE, date_sent_after="2025-06-10")] == ["new"]
+    assert [m.body for m in client.messages.list(date_sent_before="2025-06-09")] == ["old"]
+    assert len(client.messages.list(page_size=1)) == 3  # paging through next_page_uri
