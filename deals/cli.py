@@ -189,7 +189,7 @@ def evaluate(
     _load_agents()
     pricers = {name: create_pricer(name, settings) for name in dict.fromkeys(pricer)}
     try:
-        reports = compare(pricers, items, settings.evaluation, data_name=data.name)
+        reports = compare(pricers, items, settings.evaluation, data_file=str(data))
     finally:
         for model in pricers.values():
             model.close()

@@ -25,7 +25,7 @@ Quiet hours (`messenger.quiet_start`..`quiet_end` in `messenger.timezone`, may s
 midnight): queued alerts wait and go out on the first call after they end. Daily cap
 (`messenger.daily_cap` per recipient per local day; 0 sends nothing): alerts over it are
 marked `skipped` with the reason, not held for tomorrow, when the deal may be gone. Alerts
-queued for longer than `max_age_s` (default one day) are skipped as stale for the same
+queued for longer than `messenger.max_age_hours` (default one day) are skipped as stale for the same
 reason. Opportunities younger than that without an alert row (a crash between the
 planner storing them and the messenger queueing them) are queued on the next call.
 
@@ -159,15 +159,13 @@ class Messenger(Agent):
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         environ: Mapping[str, str] | None = None,
-        max_age_s: float = 86_400.0,
-        timeout_s: float = 15.0,
     ) -> None:
         super().__init__(settings)
         self.config = settings.messenger
         self.store = store
         self.clock = clock
         self.sleep = sleep
-        self.max_age = timedelta(seconds=max_age_s)
+        self.max_age = timedelta(hours=self.config.max_age_hours)
         try:
             self.zone = ZoneInfo(self.config.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -178,7 +176,7 @@ class Messenger(Agent):
         self.quiet_hours = (
             (_clock_time(start, "quiet_start"), _clock_time(end, "quiet_end")) if start and end and start != end else None
         )
-        self.notifier = notifier or build_notifier(self.config, environ, timeout_s=timeout_s, logger=self.log)
+        self.notifier = notifier or build_notifier(self.config, environ, timeout_s=self.config.timeout_s, logger=self.log)
         self.recipients = self.notifier.recipients(self.config.to)
         if not self.recipients:
             warn_once("no-recipients", "messenger.to is empty: alerts have nobody to go to", self.log)

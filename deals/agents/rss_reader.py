@@ -38,7 +38,6 @@ from deals.framework.settings import Settings
 
 FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
 PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.1"
-PAGE_TEXT_CHARS = 2000
 _HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain", "")
 
 FeedStatus = Literal["ok", "not_modified", "skipped_backoff", "error"]
@@ -85,13 +84,12 @@ class RssReader(Agent):
         client: httpx.Client | None = None,
         clock: Callable[[], datetime] = utcnow,
         page_client: httpx.Client | None = None,
-        page_text_chars: int = PAGE_TEXT_CHARS,
         resolve: Resolver | None = None,
     ) -> None:
         super().__init__(settings)
         self.feeds = settings.feeds
         self.clock = clock
-        self.page_text_chars = page_text_chars
+        self.page_text_chars = settings.feeds.page_text_chars
         self._resolve = resolve
         self._own_client = client is None
         self.client = client or make_client(timeout_s=self.feeds.timeout_s, user_agent=self.feeds.user_agent)

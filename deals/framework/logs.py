@@ -32,9 +32,10 @@ def setup_logging(level: str = "INFO", json_logs: bool = False) -> None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_JsonFormatter())
     else:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, rich_tracebacks=True, markup=False)
+        handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True, markup=False)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     handler.set_name(_HANDLER_NAME)
     root.addHandler(handler)

@@ -99,6 +99,32 @@ class EvaluationSettings(Section):
     limit: int | None = Field(None, ge=1, description="default number of items evaluated (null = all)")
 
 
+class FrontierSettings(Section):
+    llm: LLMSettings | None = Field(None, description="provider/model for the frontier pricer; null = the shared `llm` section")
+    k: int = Field(5, ge=0, le=50, description="similar catalogue products given to the LLM as context")
+    max_tokens: int = Field(64, ge=8, le=4096, description="longest answer asked of the LLM")
+    cache: bool = Field(True, description="reuse a stored estimate for the same description, model and prompt version")
+
+
+class SpecialistSettings(Section):
+    adapter: str | None = Field(None, description="trained output directory (adapter); null = DEALS_HOME/models/specialist if present")
+    base_url: str | None = Field(None, description="OpenAI-compatible server serving the adapter (e.g. vLLM); null = in-process")
+    model: str = Field("pricer", description="model (LoRA module) name at that server")
+    device: str = Field("auto", description="in-process device: 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    batch_size: int = Field(8, ge=1, le=256, description="descriptions priced per forward pass in-process")
+    decoding: Literal["greedy", "expected"] = Field(
+        "expected", description="greedy digits, or a probability-weighted average over numeric candidates"
+    )
+    timeout_s: float = Field(30.0, gt=0, description="per-request timeout for a remote server")
+
+
+class EnsembleSettings(Section):
+    members: list[Literal["knn", "frontier", "specialist"]] = Field(
+        default_factory=lambda: ["knn", "frontier", "specialist"], description="pricers combined when available"
+    )
+    weights_file: str | None = Field(None, description="fitted weights; null = DEALS_HOME/models/ensemble.json")
+
+
 class FeedSettings(Section):
     urls: list[str] = Field(
         default_factory=lambda: [
@@ -120,6 +146,7 @@ class FeedSettings(Section):
     fetch_pages: bool = Field(False, description="also fetch each deal's page for more detail")
     page_timeout_s: float = Field(10.0, gt=0, description="per-page timeout")
     page_max_bytes: int = Field(2_000_000, ge=1024, description="pages larger than this are cut off")
+    page_text_chars: int = Field(2000, ge=100, description="characters of a fetched page's text kept with the entry")
     page_concurrency: int = Field(4, ge=1, le=64, description="pages fetched at once")
     allow_private_addresses: bool = Field(False, description="allow page fetches to private/loopback addresses")
 
@@ -161,6 +188,8 @@ class MessengerSettings(Section):
     timezone: str = Field("UTC", description="IANA time zone for quiet hours and the daily cap")
     max_attempts: int = Field(4, ge=1, le=20, description="send attempts per alert on transient errors")
     retry_base_s: float = Field(1.0, ge=0, description="first retry wait; doubles per attempt")
+    max_age_hours: float = Field(24.0, gt=0, description="alerts still unsent after this long are skipped as stale")
+    timeout_s: float = Field(15.0, gt=0, description="HTTP timeout of Twilio API calls")
 
 
 class SchedulerSettings(Section):
@@ -179,6 +208,9 @@ class Settings(Section):
     knn: KnnSettings = Field(default_factory=KnnSettings, description="the kNN pricer")
     pricing: PricingSettings = Field(default_factory=PricingSettings, description="which pricer answers, and sane bounds")
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="the evaluation harness")
+    frontier: FrontierSettings = Field(default_factory=FrontierSettings, description="the frontier LLM pricer (RAG)")
+    specialist: SpecialistSettings = Field(default_factory=SpecialistSettings, description="the fine-tuned specialist pricer")
+    ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings, description="the learned ensemble of pricers")
     feeds: FeedSettings = Field(default_factory=FeedSettings, description="the RSS reader")
     llm: LLMSettings = Field(default_factory=LLMSettings, description="the shared LLM client")
     scanner: ScannerSettings = Field(default_factory=ScannerSettings, description="the scanner (feed entries -> deals)")

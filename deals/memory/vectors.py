@@ -136,10 +136,11 @@ class VectorStore:
         items = list(unique.values())
         added = skipped = 0
         batch = self.settings.batch_size
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         columns = [TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
-        with Progress(*columns, disable=not progress, transient=False) as bar:
+        with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=False) as bar:
             task = bar.add_task("index", total=len(items), rate="")
             for start in range(0, len(items), batch):
                 chunk = items[start : start + batch]

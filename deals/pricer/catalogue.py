@@ -54,10 +54,11 @@ def seed_starter(store: VectorStore, settings: Settings, *, directory: Path = ST
         if len(vectors) != len(products):
             raise IndexError_(f"starter catalogue is inconsistent: {len(products)} products, {len(vectors)} vectors")
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        from rich.console import Console
         from rich.progress import Progress
 
         batch = settings.vectors.batch_size
-        with Progress(disable=not progress, transient=True) as bar:
+        with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
             task = bar.add_task("loading the starter catalogue", total=len(products))
             for start in range(0, len(products), batch):
                 store.add(products[start : start + batch], vectors[start : start + batch])

@@ -57,17 +57,19 @@ def scanner_reply(request: Recorded) -> dict[str, Any]:
 
     A single-product deal unless the title reads like a sale or roundup; the price is the
     one the feed states, else the first dollar amount in the title; the description is the
-    product's name plus the entry's summary, without deal terms.
+    product's name plus its listed details (features), without deal terms.
     """
     verdicts = []
     for number, block in _ENTRY.findall(request.user):
-        fields = dict(re.findall(r"^(Title|Price stated by the feed|Summary|Retailer): (.*)$", block, re.M))
+        fields = dict(re.findall(r"^(Title|Price stated by the feed|Details|Retailer): (.*)$", block, re.M))
         title = fields.get("Title", "")
         stated = fields.get("Price stated by the feed")
         found = _DOLLARS.search(title)
         price = float(stated.lstrip("$")) if stated else (float(found.group(1).replace(",", "")) if found else None)
         name = re.split(r"\s+(?:for|at|from)\s+\$|\s+\$|\s+-\s+", title)[0].strip(" ,.")
-        summary = _DOLLARS.sub("", fields.get("Summary", "")).strip()
+        details = "; ".join(
+            part.strip() for part in fields.get("Details", "").split(";") if part.strip() and not _DOLLARS.search(part)
+        )
         one = price is not None and not _NOT_ONE_PRODUCT.search(title)
         verdicts.append(
             {
@@ -76,7 +78,7 @@ def scanner_reply(request: Recorded) -> dict[str, Any]:
                 "single_product_deal": one,
                 "currency": "USD",
                 "price": price,
-                "product_description": f"{name}. {summary[:300]}".strip() if one else "",
+                "product_description": f"{name}. {details[:300]}".strip() if one else "",
             }
         )
     return {"entries": verdicts}

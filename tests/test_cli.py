@@ -1,0 +1,105 @@
+"""The `deals` command line, run as users run it: `python -m deals ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def deals(*args: str, home: Path, env: dict[str, str] | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DEALS_")}
+    environ.update({"DEALS_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "deals", *args], capture_output=True, text=True, env=environ, cwd=ROOT, timeout=timeout
+    )
+
+
+def test_help_and_defaults(deals_home):
+    done = deals("--help", home=deals_home)
+    assert done.returncode == 0
+    for command in ("price", "index", "data", "evaluate", "config"):
+        assert command in done.stdout
+    done = deals("config", "--defaults", home=deals_home)
+    assert done.returncode == 0 and done.stdout == (ROOT / "config.yaml").read_text()
+
+
+def test_bad_config_exits_2_naming_key_and_file(deals_home, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("knn:\n  weighting: loudest\n")
+    done = deals("--config", str(bad), "config", home=deals_home)
+    assert done.returncode == 2
+    assert "knn.weighting" in done.stderr and str(bad) in done.stderr.replace("\n", "")
+    done = deals("config", home=deals_home, env={"DEALS_PLANNER__CONCURRENCY": "0"})
+    assert done.returncode == 2 and "DEALS_PLANNER__CONCURRENCY" in done.stderr
+
+
+def test_unknown_pricer_is_a_clear_error(seeded_home):
+    done = deals("price", "a thing", "--pricer", "oracle", home=seeded_home)
+    assert done.returncode == 1 and "unknown pricer 'oracle'" in done.stderr
+
+
+def test_price_prints_estimate_and_neighbours(seeded_home):
+    done = deals("price", "Bose QuietComfort noise cancelling over-ear Bluetooth headphones", home=seeded_home)
+    assert done.returncode == 0, done.stderr
+    assert "Estimate: $" in done.stdout and "nearest catalogue products" in done.stdout
+    done = deals("price", "Bose QuietComfort noise cancelling over-ear Bluetooth headphones", "--json", home=seeded_home)
+    estimate = json.loads(done.stdout)
+    assert estimate["pricer"] == "knn" and estimate["price"] > 0 and len(estimate["neighbours"]) == 10
+
+
+def test_first_price_on_an_empty_home_builds_the_starter_index(deals_home):
+    done = deals("price", "cordless drill driver kit with two batteries", "--json", home=deals_home)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["price"] > 0
+    assert (deals_home / "vectors").is_dir() and any((deals_home / "cache" / "onnx").iterdir())
+
+
+def test_index_data_then_rerun_is_idempotent(seeded_home):
+    sample = FIXTURES / "products-sample.jsonl"
+    first = deals("index", "--data", str(sample), home=seeded_home)
+    assert first.returncode == 0, first.stderr
+    assert "indexed" in first.stdout
+    again = deals("index", "--data", str(sample), home=seeded_home)
+    assert again.returncode == 0 and "indexed 0 new products" in again.stdout
+
+
+def test_data_command_curates_and_summarises(deals_home, tmp_path):
+    out = tmp_path / "dataset"
+    done = deals(
+        "data", str(FIXTURES / "products-sample.jsonl"), "--out", str(out),
+        "--reference", str(FIXTURES / "dealnews-selected-deals.jsonl"), home=deals_home,
+    )
+    assert done.returncode == 0, done.stderr
+    for split in ("train", "validation", "test", "deal_like"):
+        assert (out / f"{split}.jsonl").exists()
+    assert "median" in done.stdout
+
+
+def test_evaluate_side_by_side_writes_report_and_plot(seeded_home, tmp_path):
+    report, plot = tmp_path / "r.json", tmp_path / "p.png"
+    done = deals(
+        "evaluate", "--data", str(ROOT / "data" / "eval" / "test.jsonl"), "--pricer", "constant", "--pricer", "knn",
+        "--limit", "40", "--report", str(report), "--plot", str(plot), home=seeded_home,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(report.read_text())
+    assert data["pricers"] == ["constant", "knn"]
+    for entry in data["reports"]:
+        assert entry["n"] == 40 and 0 <= entry["hit_rate"] <= 1
+        assert {"pricer", "n", "mae", "rmsle", "hit_rate"} <= set(entry)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args", [["evaluate", "--data", "/nonexistent.jsonl"], ["index", "--data", "/nonexistent.jsonl"]])
+def test_missing_files_are_clear_errors(deals_home, args):
+    done = deals(*args, home=deals_home)
+    assert done.returncode in (1, 2) and "nonexistent" in (done.stderr + done.stdout)
+    assert "Traceback" not in done.stderr
