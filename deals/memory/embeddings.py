@@ -111,18 +111,26 @@ class QueryEncoder:
         self.tokenizer.enable_padding()
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
-        out = []
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        self.tokenizer.no_padding()
+        lengths = [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
+        self.tokenizer.enable_padding()
+        order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding
+        out = np.zeros((len(texts), 0), dtype=np.float32)
         for start in range(0, len(texts), 32):
-            encodings = self.tokenizer.encode_batch(list(texts[start : start + 32]))
+            rows = order[start : start + 32]
+            encodings = self.tokenizer.encode_batch([texts[i] for i in rows])
             feeds = {
                 "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
             }
-            out.append(self.session.run(None, feeds)[0])
-        if not out:
-            return np.zeros((0, 384), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32)
+            vectors = self.session.run(None, feeds)[0]
+            if out.shape[1] == 0:
+                out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[rows] = vectors
+        return out
 
 
 def onnx_path(settings: EmbeddingSettings) -> Path:
