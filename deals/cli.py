@@ -5,6 +5,9 @@
     deals data FILE ... --out DIR      curate raw product files into train/validation/test
     deals evaluate --data FILE --pricer NAME [--pricer NAME ...]
     deals config [--defaults]          show the effective (or default) configuration
+    deals run [--once] [--feed URL]    the daemon (APScheduler), or one cycle
+    deals history [--json]             recent opportunities and their alert status
+    deals notify-test                  send one test message
 
 Exit codes: 0 ok, 1 a runtime error (message on stderr), 2 a usage or configuration error.
 """

@@ -180,12 +180,15 @@ class Planner(Agent):
         from deals.agents.messenger import Messenger
         from deals.agents.rss_reader import RssReader
         from deals.agents.scanner import Scanner
-        from deals.framework.llm import make_llm
         from deals.pricer.base import create_pricer
 
         built: list[Any] = []
         try:
-            llm = make_llm(settings.llm)
+            llm = None
+            if settings.llm.provider != "none":  # the SDKs take seconds to import: only when used
+                from deals.framework.llm import make_llm
+
+                llm = make_llm(settings.llm)
             if llm is not None:
                 built.append(llm)
             reader = RssReader(settings)
@@ -247,7 +250,8 @@ class Planner(Agent):
         self._fresh = []
         for name, step in steps:
             if self.should_stop():
-                report.status = "stopped"
+                if report.status != "failed":
+                    report.status = "stopped"
                 self.log.info("cycle %s: stopping before %s (shutdown requested)", report.run_id, name)
                 return
             try:
@@ -328,7 +332,7 @@ class Planner(Agent):
         todo = self.pending_deals()
         if not todo:
             return
-        safe = bool(getattr(self.pricer, "thread_safe", False))
+        safe = self.pricer.thread_safe
         workers = min(self.config.concurrency, len(todo)) if safe else 1
         size = max(1, min(MAX_BATCH, math.ceil(len(todo) / max(workers, 1))))
         batches = [todo[i : i + size] for i in range(0, len(todo), size)]

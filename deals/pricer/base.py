@@ -29,6 +29,9 @@ class Pricer(ABC):
     """Estimates what a product is worth from its description."""
 
     name: str = "pricer"
+    #: True when `price_many` may run from several threads at once (the planner then
+    #: prices batches in parallel); pricers sharing one model or client leave it False.
+    thread_safe: bool = False
 
     @abstractmethod
     def price(self, description: str, *, exclude_exact: bool = False) -> Estimate:
