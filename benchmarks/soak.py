@@ -11,9 +11,9 @@ the fakes record does not count towards this process's memory. Each cycle the fe
 carry fresh entries (the fixture feeds with per-cycle GUIDs and links and a new ETag), so
 every cycle reads, scans, prices, stores and texts for real.
 
-Reported: RSS at the start (after a warm-up cycle), at checkpoints, and at the end; the
-growth from the first checkpoint after warm-up to the end and the least-squares slope
-(KB per cycle) over all samples; cycle latency p50/p99/max. Printed as a table and
+Reported: RSS after the first cycle, at checkpoints, and at the end; the growth from the
+end of the warm-up to the end and over the second half of the run, and the least-squares
+slope (KB per cycle) after warm-up; cycle latency p50/p99/max. Printed as a table and
 written as JSON. Exit status 1 when the RSS grew by more than --max-growth-mb after
 warm-up (memory must not grow with cycles).
 """
@@ -187,6 +187,8 @@ def soak(args: argparse.Namespace, home: Path, conn: Any) -> int:
     ys = np.array([m for _, m in after], dtype=float)
     slope_kb = float(np.polyfit(xs, ys, 1)[0] * 1024) if len(after) >= 3 else 0.0
     growth = end_rss - base_rss
+    half_cycle = min(rss, key=lambda c: abs(c - args.cycles // 2))
+    growth_second_half = end_rss - rss[half_cycle]
     flat = growth <= args.max_growth_mb
     result = {
         "cycles": args.cycles,
@@ -196,6 +198,7 @@ def soak(args: argparse.Namespace, home: Path, conn: Any) -> int:
         "rss_end_mb": round(end_rss, 1),
         "growth_after_warmup_mb": round(growth, 2),
         "warmup_cycles": base_cycle,
+        "growth_second_half_mb": round(growth_second_half, 2),
         "slope_kb_per_cycle": round(slope_kb, 3),
         "latency_ms": {
             "p50": round(percentile(latencies, 50) * 1000, 2),
@@ -216,6 +219,7 @@ def soak(args: argparse.Namespace, home: Path, conn: Any) -> int:
     for cycle, value in result["rss_mb"].items():
         table.add_row(f"RSS after cycle {cycle}", f"{value:.1f} MB")
     table.add_row(f"RSS growth after cycle {base_cycle}", f"{growth:+.2f} MB")
+    table.add_row(f"RSS growth from cycle {half_cycle} to {args.cycles}", f"{growth_second_half:+.2f} MB")
     table.add_row("RSS slope after warm-up", f"{slope_kb:+.2f} KB/cycle")
     for name, value in result["latency_ms"].items():
         table.add_row(f"cycle latency {name}", f"{value:.1f} ms")

@@ -8,6 +8,7 @@
     deals run [--once] [--feed URL]    the daemon (APScheduler), or one cycle
     deals history [--json]             recent opportunities and their alert status
     deals notify-test                  send one test message
+    deals train --preset NAME          QLoRA fine-tuning of the specialist pricer
 
 Exit codes: 0 ok, 1 a runtime error (message on stderr), 2 a usage or configuration error.
 """
@@ -178,38 +179,53 @@ def evaluate(
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="evaluate the first N items")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="write the JSON report here")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="write the truth-vs-estimate PNG here")] = None,
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="trained output directory served by --pricer specialist")] = None,
+    fit_ensemble: Annotated[bool, typer.Option("--fit-ensemble", help="fit the ensemble's weights on --data and save them")] = False,
+    member: Annotated[Optional[list[str]], typer.Option("--member", "-m", help="with --fit-ensemble: members to fit (default ensemble.members)")] = None,
 ) -> None:
-    """Run pricers over a priced file: MAE, RMSLE, hit rate, per-bucket errors, 95% CI."""
+    """Run pricers over a priced file: MAE, RMSLE, hit rate, per-bucket errors, 95% CI.
+
+    With --fit-ensemble, runs the ensemble's members over the file, fits the weights
+    (cross-validated) and saves them under DEALS_HOME (or ensemble.weights_file).
+    """
     from deals.pricer.base import create_pricer
     from deals.pricer.data import load_products
     from deals.pricer.evaluate import compare, plot as plot_reports, render_buckets, render_table, write_report
 
     settings = settings_of(ctx)
-    items = load_products(data)
     limit = limit or settings.evaluation.limit
-    if limit:
-        items = items[:limit]
     _load_agents()
-    pricers = {name: create_pricer(name, settings) for name in dict.fromkeys(pricer)}
-    try:
-        reports = compare(pricers, items, settings.evaluation, data_file=str(data))
-    finally:
-        for model in pricers.values():
-            model.close()
-    console.print(render_table(reports))
-    for rep in reports:
-        console.print(render_buckets(rep))
-        if rep.excluded_neighbours:
-            console.print(f"[dim]{rep.pricer}: {rep.excluded_neighbours} exact matches of evaluated items were excluded from the neighbours[/dim]")
+    if fit_ensemble:
+        from deals.agents.ensemble import fit_from_file
+
+        fitted = fit_from_file(settings, data, limit, member or None)
+        console.print(fitted.table())
+        console.print(f"ensemble weights saved to {fitted.path}")
+        reports = fitted.reports
+    else:
+        items = load_products(data)
+        if limit:
+            items = items[:limit]
+        pricers = {}
+        try:
+            for name in dict.fromkeys(pricer):
+                options = {"adapter": str(adapter)} if adapter and name == "specialist" else {}
+                pricers[name] = create_pricer(name, settings, **options)
+            reports = compare(pricers, items, settings.evaluation, data_file=str(data))
+        finally:
+            for model in pricers.values():
+                model.close()
+        console.print(render_table(reports))
+        for rep in reports:
+            console.print(render_buckets(rep))
+            if rep.excluded_neighbours:
+                console.print(f"[dim]{rep.pricer}: {rep.excluded_neighbours} exact matches of evaluated items were excluded from the neighbours[/dim]")
     if report:
         write_report(reports, report)
         console.print(f"report: {report}")
     if plot:
         plot_reports(reports, plot)
         console.print(f"plot: {plot}")
-
-
-# --------------------------------------------------------------------------- the daemon: run, history, notify-test
 
 
 @app.command()
@@ -292,6 +308,15 @@ def notify_test(ctx: typer.Context) -> None:
                 console.print(f"test message sent via {via} to {recipient}: {sid}")
         finally:
             messenger.close()
+
+
+def _register_train() -> None:
+    from deals.pricer.train_cli import train_command
+
+    app.command("train")(train_command)
+
+
+_register_train()
 
 
 def _load_agents() -> None:

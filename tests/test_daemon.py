@@ -246,13 +246,14 @@ def test_history_on_an_empty_store(deals_home):
     assert result.exit_code == 0 and "no opportunities yet" in result.output
 
 
-def test_notify_test_sends_through_the_real_twilio_sdk_to_the_configured_base_url(deals_home, monkeypatch, tmp_path):
+def test_notify_test_sends_through_the_real_twilio_sdk_to_the_base_url_from_the_environment(deals_home, monkeypatch):
     with FakeTwilio() as fake:
-        config = write_config(tmp_path / "c.yaml", {"messenger": {"to": [ALICE], "base_url": fake.url}})
+        monkeypatch.setenv("DEALS_MESSENGER__BASE_URL", fake.url)  # no config file: env overrides only
+        monkeypatch.setenv("DEALS_MESSENGER__TO", f"['{ALICE}']")
         monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
         monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
         monkeypatch.setenv("TWILIO_FROM_NUMBER", "+15550000000")
-        result = CliRunner().invoke(app, ["--config", str(config), "notify-test"], env={"COLUMNS": "250"})
+        result = CliRunner().invoke(app, ["notify-test"], env={"COLUMNS": "250"})
         url = fake.url
     assert result.exit_code == 0, result.output
     assert len(fake.created) == 1 and fake.created[0]["to"] == ALICE

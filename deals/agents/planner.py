@@ -149,7 +149,7 @@ class Planner(Agent):
         messenger: Messenger,
         clock: Callable[[], datetime] = utcnow,
         should_stop: Callable[[], bool] | None = None,
-        max_pricing_attempts: int = 3,
+        max_pricing_attempts: int | None = None,
     ) -> None:
         super().__init__(settings)
         self.config = settings.planner
@@ -160,7 +160,7 @@ class Planner(Agent):
         self.messenger = messenger
         self.clock = clock
         self.should_stop = should_stop or (lambda: False)
-        self.max_pricing_attempts = max_pricing_attempts
+        self.max_pricing_attempts = max_pricing_attempts or settings.planner.max_pricing_attempts
         self._failures: dict[str, int] = {}  # deal key -> failed pricing attempts (this process)
         self._fresh: list[tuple[int, Opportunity]] = []  # this cycle's new opportunities, for notify
         self._lock = threading.Lock()  # one cycle at a time

@@ -85,8 +85,8 @@ class KnnSettings(Section):
 
 
 class PricingSettings(Section):
-    pricer: Literal["knn", "constant", "frontier", "specialist", "ensemble"] = Field(
-        "knn", description="pricer the daemon and `deals price` use"
+    pricer: Literal["knn", "constant", "ridge", "frontier", "specialist", "ensemble"] = Field(
+        "ensemble", description="pricer the daemon and `deals price` use"
     )
     min_estimate: float = Field(0.5, gt=0, description="estimates are clamped to at least this (USD)")
     max_estimate: float = Field(10_000.0, gt=0, description="estimates are clamped to at most this (USD)")
@@ -104,6 +104,7 @@ class FrontierSettings(Section):
     k: int = Field(5, ge=0, le=50, description="similar catalogue products given to the LLM as context")
     max_tokens: int = Field(64, ge=8, le=4096, description="longest answer asked of the LLM")
     cache: bool = Field(True, description="reuse a stored estimate for the same description, model and prompt version")
+    concurrency: int = Field(4, ge=1, le=64, description="LLM calls in flight at once per batch")
 
 
 class SpecialistSettings(Section):
@@ -119,10 +120,12 @@ class SpecialistSettings(Section):
 
 
 class EnsembleSettings(Section):
-    members: list[Literal["knn", "frontier", "specialist"]] = Field(
-        default_factory=lambda: ["knn", "frontier", "specialist"], description="pricers combined when available"
+    members: list[Literal["knn", "ridge", "frontier", "specialist"]] = Field(
+        default_factory=lambda: ["knn", "ridge", "frontier", "specialist"], description="pricers combined when available"
     )
-    weights_file: str | None = Field(None, description="fitted weights; null = DEALS_HOME/models/ensemble.json")
+    weights_file: str | None = Field(
+        None, description="fitted weights; null = DEALS_HOME/models/ensemble.json, else the bundled kNN+ridge fit"
+    )
 
 
 class FeedSettings(Section):
@@ -175,6 +178,7 @@ class PlannerSettings(Section):
     min_discount_abs: float = Field(25.0, ge=0, description="an opportunity saves at least this many dollars ...")
     min_discount_rel: float = Field(0.3, ge=0, lt=1, description="... AND at least this share of the estimate")
     max_deals_per_cycle: int = Field(100, ge=1, description="new deals priced per cycle at most (the rest wait)")
+    max_pricing_attempts: int = Field(3, ge=1, le=100, description="pricing attempts per deal before it is given up")
 
 
 class MessengerSettings(Section):

@@ -132,6 +132,39 @@ def m003_lookup_indexes(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m004_llm_calls_and_estimate_cache(db: sqlite3.Connection) -> None:
+    """LLM usage (one row per call, paid or failed) and the frontier pricer's estimate cache.
+
+    `estimates_cache.key` is the sha256 of what determines the answer (description,
+    model, prompt version; see `deals.agents.frontier.cache_key`), so the same deal is
+    never paid for twice.
+    """
+    _run(
+        db,
+        """CREATE TABLE llm_calls (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            tokens_in INTEGER NOT NULL DEFAULT 0,
+            tokens_out INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            ok INTEGER NOT NULL DEFAULT 1,
+            error TEXT
+        )""",
+        "CREATE INDEX llm_calls_at ON llm_calls(at)",
+        """CREATE TABLE estimates_cache (
+            key TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            prompt_version TEXT NOT NULL,
+            price REAL NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+    )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

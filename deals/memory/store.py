@@ -550,4 +550,98 @@ class Store:
         ]
 
 
+    # ================================================================ LLM usage and the estimate cache
+    # (added for the frontier pricer, deals/agents/frontier.py; tables from migration m004)
+
+    def record_llm_call(
+        self,
+        *,
+        agent: str,
+        provider: str,
+        model: str,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+        ok: bool = True,
+        error: str | None = None,
+        at: datetime | None = None,
+    ) -> int:
+        """Record one LLM call (paid or failed); returns its id."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                """INSERT INTO llm_calls (at, agent, provider, model, tokens_in, tokens_out, cost_usd, ok, error)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (self._now(at), agent, provider, model, int(tokens_in), int(tokens_out), float(cost_usd), int(ok),
+                 error[:500] if error else None),
+            )  # fmt: skip
+            return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def cached_estimate(self, key: str) -> float | None:
+        """The cached price under `key`, or None."""
+        row = self._one("SELECT price FROM estimates_cache WHERE key = ?", (key,))
+        return float(row[0]) if row else None
+
+    def cache_estimate(self, key: str, *, model: str, prompt_version: str, price: float) -> None:
+        """Remember a price under `key` (an existing entry is replaced)."""
+        with self.transaction() as db:
+            db.execute(
+                """INSERT OR REPLACE INTO estimates_cache (key, model, prompt_version, price, created_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (key, model, prompt_version, float(price), self._now()),
+            )
+
+    def llm_usage(self, since: datetime | None = None) -> LLMUsage:
+        """LLM calls, tokens and estimated cost since `since` (all time when None), per agent/provider/model."""
+        rows = self._all(
+            """SELECT agent, provider, model, COUNT(*) AS calls, SUM(1 - ok) AS failures,
+                      SUM(tokens_in) AS tokens_in, SUM(tokens_out) AS tokens_out, SUM(cost_usd) AS cost_usd
+               FROM llm_calls WHERE at >= ? GROUP BY agent, provider, model ORDER BY agent, provider, model""",
+            (to_text(since) if since else "",),
+        )
+        usage = [
+            LLMUsageRow(
+                agent=row["agent"], provider=row["provider"], model=row["model"], calls=row["calls"],
+                failures=row["failures"] or 0, tokens_in=row["tokens_in"] or 0, tokens_out=row["tokens_out"] or 0,
+                cost_usd=round(row["cost_usd"] or 0.0, 8),
+            )  # fmt: skip
+            for row in rows
+        ]
+        return LLMUsage(
+            since=since,
+            calls=sum(r.calls for r in usage),
+            failures=sum(r.failures for r in usage),
+            tokens_in=sum(r.tokens_in for r in usage),
+            tokens_out=sum(r.tokens_out for r in usage),
+            cost_usd=round(sum(r.cost_usd for r in usage), 8),
+            rows=usage,
+        )
+
+
+class LLMUsageRow(BaseModel):
+    """LLM usage of one agent with one provider and model."""
+
+    agent: str
+    provider: str
+    model: str
+    calls: int
+    failures: int = Field(description="calls that raised or returned an unusable answer")
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float = Field(description="estimated, from deals.framework.llm.costs")
+
+
+class LLMUsage(BaseModel):
+    """Totals of `Store.llm_usage`, and one row per agent/provider/model."""
+
+    since: datetime | None = None
+    calls: int = 0
+    failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    rows: list[LLMUsageRow] = Field(default_factory=list)
+
+
 __all__ = ["ALERT_STATES", "AlertRow", "HistoryRow", "RunRow", "Store", "StoreError"]
+__all__ += ["LLMUsage", "LLMUsageRow"]  # the LLM usage block
+# ================================================================ end of the LLM usage block

@@ -58,6 +58,7 @@ _REGISTRY: dict[str, PricerFactory] = {}
 _LAZY: dict[str, str] = {
     "knn": "deals.pricer.knn",
     "constant": "deals.pricer.constant",
+    "ridge": "deals.pricer.ridge",
 }
 
 
