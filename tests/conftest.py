@@ -22,30 +22,23 @@ def deals_home(tmp_path, monkeypatch):
             monkeypatch.delenv(name, raising=False)
     for secret in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER"):
         monkeypatch.delenv(secret, raising=False)
-    return home
+    yield home
+    # An in-process CLI run installs the `deals` log handler; later tests must not inherit it.
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.get_name() == "deals":
+            root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
 def seeded_home_template(tmp_path_factory):
-    """A DEALS_HOME with the starter index seeded and the ONNX query encoder exported (built once)."""
-    from deals.framework.settings import Settings
-    from deals.memory.embeddings import query_encoder
-    from deals.pricer.catalogue import open_catalogue
+    """A DEALS_HOME with the starter index seeded, the ONNX query encoder exported and the
+    ridge member fitted: built once per session by the real CLI (`deals price`)."""
+    from tests.fakes.daemon import seeded_home_template as build
 
-    home = tmp_path_factory.mktemp("seeded-home")
-    previous = os.environ.get("DEALS_HOME")
-    os.environ["DEALS_HOME"] = str(home)
-    try:
-        settings = Settings()
-        store = open_catalogue(settings, progress=False)
-        query_encoder(settings.embeddings)
-        del store
-    finally:
-        if previous is None:
-            os.environ.pop("DEALS_HOME", None)
-        else:
-            os.environ["DEALS_HOME"] = previous
-    return home
+    return build(tmp_path_factory)
 
 
 @pytest.fixture

@@ -52,7 +52,10 @@ def test_price_prints_estimate_and_neighbours(seeded_home):
     assert "Estimate: $" in done.stdout and "nearest catalogue products" in done.stdout
     done = deals("price", "Bose QuietComfort noise cancelling over-ear Bluetooth headphones", "--json", home=seeded_home)
     estimate = json.loads(done.stdout)
-    assert estimate["pricer"] == "knn" and estimate["price"] > 0 and len(estimate["neighbours"]) == 10
+    assert estimate["pricer"] == "ensemble" and estimate["price"] > 0 and set(estimate["parts"]) == {"knn", "ridge"}
+    done = deals("price", "Bose QuietComfort headphones", "--json", "--pricer", "knn", home=seeded_home)
+    estimate = json.loads(done.stdout)
+    assert estimate["pricer"] == "knn" and len(estimate["neighbours"]) == 10
 
 
 def test_first_price_on_an_empty_home_builds_the_starter_index(deals_home):

@@ -96,7 +96,8 @@ def check_stored_and_sent(world: World) -> list[str]:
         for row in deals:
             assert "$" not in row["description"]  # the LLM's product description, not the deal's terms
             estimate = store.get_estimate(row["entry_key"])
-            assert estimate is not None and estimate.pricer == "knn"  # every deal priced, not only alerts
+            assert estimate is not None and estimate.pricer == settings.pricing.pricer == "ensemble"  # every deal priced
+            assert set(estimate.parts) == {"knn", "ridge"}  # the members that run offline, by the bundled fit
             assert len(estimate.neighbours) == settings.knn.k and estimate.price > 0
             if is_opportunity(row["price"], estimate.price, settings.planner.min_discount_abs, settings.planner.min_discount_rel):
                 expected_opportunities.add(row["entry_key"])
