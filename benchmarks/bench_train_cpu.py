@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """CPU training benchmark: the `cpu` preset on the starter catalogue, next to the kNN pricer.
 
-    python benchmarks/bench_train_cpu.py                     # ~12-15 min on 2 cores
-    python benchmarks/bench_train_cpu.py --steps 960         # one epoch: about an hour here
+    python benchmarks/bench_train_cpu.py                     # ~12 min on 2 idle cores
+    python benchmarks/bench_train_cpu.py --steps 960         # one epoch: about an hour on 2 idle cores
     python benchmarks/bench_train_cpu.py --steps 20 --eval-items 40   # a 3-minute smoke run
+    python benchmarks/bench_train_cpu.py --reuse --output DIR  # re-evaluate a trained output
 
 Measured, not asserted:
 
@@ -19,10 +20,14 @@ Measured, not asserted:
    (`KnnPricer.from_settings`; exact matches excluded as in `deals evaluate`);
 4. prints a table and writes JSON and a PNG (loss curve + MAE with 95% CIs).
 
-The default 150 steps see ~1,200 of the 7,667 products (16% of one epoch), which is why
-the number to watch is the trend, not the level: a longer run (`--steps 960`, one
-epoch) or the GPU presets are where the specialist is expected to close the gap to kNN
-(the course's Llama/Qwen QLoRA runs on 400k products beat frontier models).
+The default 150 steps see ~1,200 of the 7,667 products (16% of one epoch). Timing: on
+2 idle cores the training runs at ~300-320 tokens/s (about 8 minutes for the 145k tokens
+of 150 steps) and the whole benchmark takes ~12 minutes; on a shared, busy machine it
+can take three times as long (the JSON records the throughput actually seen). What a
+longer run gives: the training loss of this preset flattens at ~1.5 (per answer token)
+after ~40 steps, so more steps on the same 135M model buy little; the specialist closes
+the gap to kNN with a bigger base model and more data (the GPU presets; the course's
+Llama/Qwen QLoRA runs on 400k products beat frontier models).
 """
 
 from __future__ import annotations
@@ -97,6 +102,23 @@ def plot(results: dict, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def reused_result(output: Path):
+    """A TrainResult rebuilt from a trained output's deals_model.json (for --reuse)."""
+    from deals.pricer.modeling import read_metadata
+    from deals.pricer.train import TrainResult
+
+    meta = read_metadata(output)
+    metrics, timings = meta["metrics"], meta["timings"]
+    return TrainResult(
+        output_dir=str(output), completed=True, global_step=meta["global_step"], max_steps=meta["global_step"],
+        train_items=meta["data"]["train_items"], validation_items=meta["data"]["validation_items"],
+        first_loss=metrics["first_loss"], last_loss=metrics["last_loss"], eval_loss=metrics["eval_loss"],
+        loss_history=[tuple(x) for x in metrics["loss_history"]], metrics=metrics["final"], eval_history=metrics["history"],
+        tokens=timings["tokens"], tokens_per_s=timings["tokens_per_s"], train_seconds=timings["train_seconds"],
+        eval_seconds=timings["eval_seconds"], total_seconds=timings["total_seconds"], peak_rss_mb=timings["peak_rss_mb"],
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=150, help="training steps (batch 8); 960 = one epoch")
@@ -106,6 +128,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_train_cpu.json")
     parser.add_argument("--png", type=Path, default=ROOT / "reports" / "bench_train_cpu.png")
     parser.add_argument("--no-base", action="store_true", help="skip the base model (no fine-tuning) evaluation")
+    parser.add_argument("--reuse", action="store_true", help="evaluate an already trained --output instead of training")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="deals-bench-train-"))
@@ -130,9 +153,13 @@ def main() -> None:
     config = load_train_config(
         preset="cpu",
         overrides={"max_steps": args.steps, "eval_items": args.eval_items, "output_dir": str(output),
-                   "resume": False, "save_steps": max(25, args.steps // 4), "logging_steps": 5},
+                   "resume": False, "save_steps": max(25, args.steps // 4), "logging_steps": 5,
+                   "eval_decoding": "greedy"},
     )  # fmt: skip
-    result = train(config, settings=settings, console=Console(stderr=True))
+    if args.reuse:
+        result = reused_result(output)
+    else:
+        result = train(config, settings=settings, console=Console(stderr=True))
     items = load_products(REPO_VALIDATION)[: args.eval_items]
 
     final = result.metrics or {}

@@ -170,9 +170,20 @@ def test_low_numeric_mass_falls_back():
     vocab = [END, "word", "5"]
     trees = [{"": {"5": 0.3, "word": 0.7}}]
     (result,), _ = _search(vocab, trees)
-    assert result.mass == pytest.approx(0.3)
+    assert result.mass == pytest.approx(0.3) and result.numeric_mass == pytest.approx(0.3)
     assert expected_prices([result], min_mass=0.5) == [None]
     assert expected_prices([result], min_mass=0.2) == [pytest.approx(5.0)]
+
+
+def test_a_spread_out_answer_is_averaged_over_the_beam_renormalised():
+    digits = [str(d) for d in range(1, 10)]
+    vocab = [END, *digits]
+    probs = {d: p for d, p in zip(digits, [0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.02], strict=True)}
+    (result,), _ = _search(vocab, [{"": probs}], beam=3)
+    assert result.numeric_mass == pytest.approx(1.0)
+    assert sorted(v for v, _ in result.candidates) == [1.0, 2.0, 3.0]  # the beam keeps the likeliest three
+    assert result.mass == pytest.approx(0.65)
+    assert expected_prices([result]) == [pytest.approx((1 * 0.3 + 2 * 0.2 + 3 * 0.15) / 0.65)]
 
 
 def test_no_number_tokens_means_no_search():

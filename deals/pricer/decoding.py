@@ -21,9 +21,13 @@ expected
     - Qwen / SmolLM2 style (one digit a token): "149" is "1", "4", "9", and the search
       walks the digits, so "1..." is not mistaken for $1.
 
-    The average is taken over the finished candidates inside the price range; when they
-    hold less than `min_mass` of the probability (the model is not answering with a
-    number), or the vocabulary has no number tokens, the caller falls back to greedy.
+    The average is taken over the finished candidates inside the price range, weighted by
+    their probabilities renormalised to sum to one (a beam never holds all of a spread-out
+    distribution: it is the average of the likeliest prices, pulled from the mode towards
+    where the probability lies). When the model puts less than `min_mass` on a number
+    token as the first answer token (it is not answering with a number), when no
+    candidate is found, or when the vocabulary has no number tokens, the caller falls
+    back to greedy.
 
 The search is model-agnostic: it asks a `Stepper` for next-token log-probabilities
 (`start()` for the prompts, `extend(parents, tokens)` for prefixes grown by one token),
@@ -130,6 +134,7 @@ class SearchResult:
 
     candidates: list[tuple[float, float]] = field(default_factory=list)  # (value, probability)
     mass: float = 0.0  # probability of all finished candidates within the range
+    numeric_mass: float = 0.0  # probability that the first answer token is a number token
 
     def expected(self) -> float:
         return sum(v * p for v, p in self.candidates) / self.mass
@@ -170,7 +175,9 @@ def search_numbers(
             row = logprobs[b.row]
             numeric = row[vocab.ids]
             digit_mass = float(np.exp(numeric).sum())
-            if b.digits:
+            if not b.digits:
+                results[b.item].numeric_mass = digit_mass
+            else:
                 finish = math.log(max(1.0 - digit_mass, 1e-12)) + b.logp
                 value = float(int(b.digits))
                 if low <= value <= high and finish > math.log(min_prob):
@@ -198,8 +205,9 @@ def search_numbers(
 
 
 def expected_prices(results: Sequence[SearchResult], *, min_mass: float = 0.5) -> list[float | None]:
-    """The expected price per item, or None where the candidates hold less than `min_mass`."""
-    return [r.expected() if r.candidates and r.mass >= min_mass else None for r in results]
+    """The expected price per item, or None where the first answer token is a number with less
+    than `min_mass` probability, or no candidate was found."""
+    return [r.expected() if r.candidates and r.numeric_mass >= min_mass else None for r in results]
 
 
 def expected_from_top_logprobs(

@@ -86,7 +86,8 @@ class TrainConfig(BaseModel):
     Evaluation
         eval_items (int, 200): validation products priced by generation to report MAE and
             hit rate; eval_steps (int, 0): also every N steps (0 = only at the end);
-        eval_decoding ("greedy" | "expected", "greedy"); eval_batch_size (int, 16);
+        eval_decoding ("greedy" | "expected", "expected": as the specialist serves by default);
+        eval_batch_size (int, 16);
         eval_loss_items (int, 64): validation products for the eval loss at each eval.
 
     Output
@@ -143,7 +144,7 @@ class TrainConfig(BaseModel):
     # evaluation
     eval_items: int = Field(200, ge=0)
     eval_steps: int = Field(0, ge=0)
-    eval_decoding: Literal["greedy", "expected"] = "greedy"
+    eval_decoding: Literal["greedy", "expected"] = "expected"
     eval_batch_size: int = Field(16, ge=1)
     eval_loss_items: int = Field(64, ge=0)
     # output
