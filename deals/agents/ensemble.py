@@ -42,11 +42,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +54,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deals.framework import paths
+from deals.framework.files import atomic_write_text
 from deals.framework.errors import ConfigError, DataError, DealsError, PricingError
 from deals.framework.models import Estimate, Neighbour, utcnow
 from deals.framework.settings import EvaluationSettings
@@ -389,19 +388,7 @@ def weights_path(settings: Settings) -> Path:
 
 def save_fit(fit: EnsembleFit, path: str | os.PathLike[str]) -> Path:
     """Write the fit as JSON, atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(fit.model_dump_json(indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(path, fit.model_dump_json(indent=2) + "\n")
 
 
 def load_fit(path: str | os.PathLike[str]) -> EnsembleFit:

@@ -269,17 +269,18 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping in a YAML file; a `ConfigError` naming the file when it is missing, invalid or not a mapping."""
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
+        raise ConfigError(f"{what} not found: {path}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raise ConfigError(f"{path}: the top level must be a mapping")
     return loaded
 
 
@@ -289,7 +290,7 @@ def load_settings(
     """Settings from defaults, one YAML file and `DEALS_*__*` environment variables."""
     environ = dict(os.environ if environ is None else environ)
     path = config_file(config, environ)
-    file_data = _read_yaml(path) if path else {}
+    file_data = read_yaml(path) if path else {}
     env_data, env_origin = _env_overrides(environ)
     merged = _merge(file_data, env_data)
     try:

@@ -33,10 +33,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +55,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from deals.framework.files import atomic_path, atomic_write_text
 from deals.framework.errors import DealsError, PricingError
 from deals.framework.models import Estimate, Product, utcnow
 from deals.framework.settings import EvaluationSettings
@@ -331,20 +330,6 @@ def render_buckets(report: EvaluationReport) -> Table:
 # --------------------------------------------------------------------------- files
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it over `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def report_json(reports: Sequence[EvaluationReport]) -> dict[str, Any]:
     """The JSON object `write_report` writes (see the module docstring)."""
     if not reports:
@@ -361,12 +346,7 @@ def write_report(reports: Sequence[EvaluationReport] | EvaluationReport, path: s
         reports = [reports]
     target = Path(path)
     payload = json.dumps(report_json(reports), indent=2, ensure_ascii=False)
-    with _atomic(target) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(payload + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-    return target
+    return atomic_write_text(target, payload + "\n")
 
 
 def read_report(path: str | os.PathLike[str]) -> list[EvaluationReport]:
@@ -449,7 +429,7 @@ def plot(reports: Sequence[EvaluationReport] | EvaluationReport, path: str | os.
         ax.legend(handles=handles, loc="upper left", fontsize=9, framealpha=0.9)
 
     target = Path(path)
-    with _atomic(target) as tmp:
+    with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return target
 

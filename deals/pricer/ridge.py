@@ -29,14 +29,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from deals.framework.files import atomic_path
 from deals.framework import paths
 from deals.framework.errors import PricingError
 from deals.framework.models import Estimate, Product, text_key
@@ -116,10 +115,7 @@ class RidgeModel:
 
     def save(self, path: Path) -> Path:
         """Write the model as a compressed .npz, atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=".npz") as tmp:
             np.savez_compressed(
                 tmp,
                 idf=self.idf.astype(np.float32),
@@ -128,10 +124,6 @@ class RidgeModel:
                 train_keys=np.array(sorted(self.train_keys)),
                 meta=np.array(json.dumps({"version": MODEL_VERSION, "fingerprint": self.fingerprint})),
             )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod

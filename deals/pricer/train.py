@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import resource
 import shutil
@@ -54,6 +53,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from rich.console import Console
 
+from deals.framework.files import atomic_write_text
 from deals.framework.errors import ConfigError, DataError
 from deals.framework.models import Product, utcnow
 from deals.framework.settings import Settings
@@ -686,11 +686,7 @@ def write_metadata(
         "merged": "merged" if result.merged_dir else None,
         "versions": _versions(),
     }
-    path = out / modeling.METADATA_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / modeling.METADATA_FILE, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
 
 
 __all__ = [

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deals.framework.errors import ConfigError
+from deals.framework.settings import read_yaml as read_config_yaml
 from deals.pricer.tiny import TinySpec
 
 ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -256,17 +257,7 @@ def preset_names() -> list[str]:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """The keys of a training YAML file (a ConfigError if it is missing or not a mapping)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"training config not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a training config is a mapping of TrainConfig keys")
-    return data
+    return read_config_yaml(path, "training config")
 
 
 def load_train_config(
