@@ -237,6 +237,22 @@ def test_a_deal_that_cannot_be_priced_is_skipped_and_given_up_after_three_attemp
     assert len(store.unpriced_deals(10)) == 1  # still stored, never lost
 
 
+def test_the_give_up_count_survives_a_restart(store, urls, deals_home):
+    rig = Rig(store, fail=["Samoa"])
+    rig.planner.run_cycle(urls)
+    rig.planner.run_cycle(urls)
+    assert [d.entry_key for d in store.unpriced_deals(10, max_attempts=3)]  # two failures so far: still pending
+    with Store(deals_home / "deals.db") as reopened:  # a new process: a fresh planner, the same database
+        again = Rig(reopened, fail=["Samoa"])
+        assert again.planner.run_cycle(urls).pricing_failed == 1  # the third and last attempt
+        assert again.planner.run_cycle(urls).pricing_failed == 0
+        assert reopened.unpriced_deals(10, max_attempts=3) == []
+        [(attempts, error)] = reopened.db.execute(
+            "SELECT pricing_attempts, last_pricing_error FROM deals WHERE pricing_attempts > 0"
+        ).fetchall()
+        assert attempts == 3 and "cannot price" in error
+
+
 def test_a_failed_batch_is_retried_deal_by_deal(store, urls):
     rig = Rig(store, fail_batches=True, fail=["Ground Beef"])
     report = rig.planner.run_cycle(urls)

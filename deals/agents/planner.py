@@ -18,8 +18,8 @@ One cycle, each step writing to the memory store before the next begins, so that
    one bad deal costs only itself); pricers that declare `thread_safe = True` run
    `planner.concurrency` batches at once on a thread pool, the others (the kNN pricer:
    a shared embedding model and Chroma client) run their batches one after another.
-   A deal whose pricing failed `max_pricing_attempts` times is not tried again by this
-   process;
+   A deal whose pricing failed `planner.max_pricing_attempts` times is given up (the
+   count lives in the store, so it survives restarts);
 5. **decide**: an opportunity saves at least `planner.min_discount_abs` dollars AND at
    least `planner.min_discount_rel` of the estimate (so neither cheap nor dear items are
    favoured). Each estimate is stored together with its opportunity, in one transaction:
@@ -161,7 +161,6 @@ class Planner(Agent):
         self.clock = clock
         self.should_stop = should_stop or (lambda: False)
         self.max_pricing_attempts = max_pricing_attempts or settings.planner.max_pricing_attempts
-        self._failures: dict[str, int] = {}  # deal key -> failed pricing attempts (this process)
         self._fresh: list[tuple[int, Opportunity]] = []  # this cycle's new opportunities, for notify
         self._lock = threading.Lock()  # one cycle at a time
         self._owned: list[Any] = []  # clients built by from_settings, closed by close()
@@ -323,10 +322,7 @@ class Planner(Agent):
 
     def pending_deals(self) -> list[Deal]:
         """The deals this cycle should price: oldest unpriced first, capped, given-up ones left out."""
-        limit = self.config.max_deals_per_cycle
-        given_up = sum(1 for n in self._failures.values() if n >= self.max_pricing_attempts)
-        candidates = self.store.unpriced_deals(limit + given_up)
-        return [d for d in candidates if self._failures.get(d.entry_key, 0) < self.max_pricing_attempts][:limit]
+        return self.store.unpriced_deals(self.config.max_deals_per_cycle, max_attempts=self.max_pricing_attempts)
 
     def _price(self, report: CycleReport) -> None:
         todo = self.pending_deals()
@@ -385,7 +381,6 @@ class Planner(Agent):
             except Exception as exc:  # noqa: BLE001
                 self._pricing_failed(deal, f"not stored: {type(exc).__name__}: {exc}", report)
                 continue
-            self._failures.pop(deal.entry_key, None)
             report.priced += 1
             if opportunity is not None and opportunity_id is not None:
                 report.opportunities += 1
@@ -397,8 +392,11 @@ class Planner(Agent):
                 )
 
     def _pricing_failed(self, deal: Deal, error: str, report: CycleReport) -> None:
-        attempts = self._failures.get(deal.entry_key, 0) + 1
-        self._failures[deal.entry_key] = attempts
+        try:
+            attempts = self.store.record_pricing_failure(deal.entry_key, error)
+        except Exception as exc:  # noqa: BLE001 - the count is best effort; the cycle goes on
+            self.log.warning("could not record the pricing failure of %s: %s", deal.entry_key, exc)
+            attempts = 1
         report.pricing_failed += 1
         report.add_error(f"price {deal.entry_key}: {error}")
         final = attempts >= self.max_pricing_attempts

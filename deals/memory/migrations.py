@@ -165,6 +165,16 @@ def m004_llm_calls_and_estimate_cache(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m005_pricing_attempts(db: sqlite3.Connection) -> None:
+    """Failed pricing attempts per deal, so a deal that never prices is given up across restarts."""
+    _run(
+        db,
+        "ALTER TABLE deals ADD COLUMN pricing_attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE deals ADD COLUMN last_pricing_error TEXT",
+    )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -294,14 +294,28 @@ class Store:
         row = self._one("SELECT * FROM deals WHERE entry_key = ?", (key,))
         return self._deal(row) if row else None
 
-    def unpriced_deals(self, limit: int) -> list[Deal]:
-        """Stored deals without an estimate, oldest first (so a crash between scan and price loses nothing)."""
+    def unpriced_deals(self, limit: int, *, max_attempts: int | None = None) -> list[Deal]:
+        """Stored deals without an estimate, oldest first (so a crash between scan and price loses nothing).
+
+        With `max_attempts`, deals whose pricing already failed that often are left out (given up).
+        """
         rows = self._all(
             """SELECT d.* FROM deals d LEFT JOIN estimates e ON e.deal_key = d.entry_key
-               WHERE e.deal_key IS NULL ORDER BY d.created_at, d.rowid LIMIT ?""",
-            (limit,),
+               WHERE e.deal_key IS NULL AND (? IS NULL OR d.pricing_attempts < ?)
+               ORDER BY d.created_at, d.rowid LIMIT ?""",
+            (max_attempts, max_attempts, limit),
         )
         return [self._deal(row) for row in rows]
+
+    def record_pricing_failure(self, deal_key: str, error: str) -> int:
+        """Count one failed pricing attempt of a stored deal; returns the attempts so far."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE deals SET pricing_attempts = pricing_attempts + 1, last_pricing_error = ? WHERE entry_key = ?",
+                (error[:500], deal_key),
+            )
+            row = db.execute("SELECT pricing_attempts FROM deals WHERE entry_key = ?", (deal_key,)).fetchone()
+        return int(row[0]) if row else 0
 
     def save_estimate(self, deal_key: str, estimate: Estimate) -> None:
         """Store (or replace) the estimate of a stored deal."""
