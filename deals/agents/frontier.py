@@ -49,12 +49,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from deals.framework.errors import ConfigError, DealsError, LLMError, PricingError
-from deals.framework.llm import LLMClient, LLMOutputError, LLMResult
+from deals.framework.errors import ConfigError, DealsError, LLMError, LLMOutputError, PricingError
 from deals.framework.models import Estimate, Neighbour
 from deals.pricer.base import Pricer, register
 
 if TYPE_CHECKING:
+    from deals.framework.llm import LLMClient, LLMResult
     from deals.framework.settings import PricingSettings, Settings
     from deals.memory.store import Store
 
@@ -343,6 +343,8 @@ def _create(
                 "the frontier pricer needs an LLM: set llm.provider (or frontier.llm.provider) to openai, anthropic "
                 "or openai-compatible, and its key in the environment"
             )
+        from deals.framework.llm import LLMClient  # the SDKs take seconds to import: only when used
+
         llm = LLMClient(llm_settings)  # ConfigError when the key is missing
     owned: list[Any] = []
     try:

@@ -6,6 +6,7 @@
     ├── IndexError_                 the vector store is missing, corrupt or unreachable
     ├── FetchError                  a feed or page could not be fetched or parsed
     ├── LLMError                    an LLM call failed or answered nonsense
+    │   └── LLMOutputError          a reply arrived but was unusable (carries its token cost)
     ├── PricingError                a pricer could not produce a sane estimate
     └── NotifyError                 an alert could not be delivered
         ├── TransientNotifyError    worth retrying (5xx, 429, timeouts)
@@ -42,6 +43,16 @@ class LLMError(DealsError):
     """An LLM call failed, timed out, refused or returned unusable output."""
 
 
+class LLMOutputError(LLMError):
+    """A reply arrived but was refused, cut off or unusable; carries the tokens it cost."""
+
+    def __init__(self, message: str, *, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0) -> None:
+        super().__init__(message)
+        self.tokens_in = tokens_in
+        self.tokens_out = tokens_out
+        self.cost_usd = cost_usd
+
+
 class PricingError(DealsError):
     """A pricer could not produce a sane estimate."""
 
@@ -65,6 +76,7 @@ __all__ = [
     "FetchError",
     "IndexError_",
     "LLMError",
+    "LLMOutputError",
     "NotifyError",
     "PermanentNotifyError",
     "PricingError",

@@ -38,7 +38,7 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from deals.framework.errors import ConfigError, LLMError
+from deals.framework.errors import ConfigError, LLMError, LLMOutputError
 from deals.framework.llm.costs import ModelPrice, estimate_cost
 from deals.framework.llm.parsing import NotParseable, coerce, validation_summary
 from deals.framework.settings import LLMSettings
@@ -69,16 +69,6 @@ class LLMResult(BaseModel, Generic[T]):
     tokens_out: int = 0
     cost_usd: float = 0.0
     duration_s: float = 0.0
-
-
-class LLMOutputError(LLMError):
-    """A reply arrived but was refused, cut off or unusable; carries the tokens it cost."""
-
-    def __init__(self, message: str, *, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0) -> None:
-        super().__init__(message)
-        self.tokens_in = tokens_in
-        self.tokens_out = tokens_out
-        self.cost_usd = cost_usd
 
 
 def _schema_instruction(schema: type[BaseModel]) -> str:
