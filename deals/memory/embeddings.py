@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from deals.framework import paths
 from deals.framework.errors import ConfigError
+from deals.framework.files import atomic_path
 
 if TYPE_CHECKING:
     from deals.framework.settings import EmbeddingSettings
@@ -158,14 +158,12 @@ def export_onnx(settings: EmbeddingSettings, target: Path) -> Path:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
     example = torch.ones(2, 8, dtype=torch.long)
     mask = example.clone()
     mask[1, 5:] = 0
     dynamic = {name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "token_type_ids")}
     dynamic["embedding"] = {0: "batch"}
-    with warnings.catch_warnings(), torch.no_grad():
+    with atomic_path(target, suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             Pooled(model),
@@ -177,7 +175,6 @@ def export_onnx(settings: EmbeddingSettings, target: Path) -> Path:
             opset_version=17,
             dynamo=False,
         )
-    os.replace(tmp, target)
     return target
 
 

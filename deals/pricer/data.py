@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from deals.framework.files import atomic_write_text
 from deals.framework.models import Product
 from deals.framework.settings import DataSettings
 from deals.pricer.curation import (
@@ -43,7 +44,6 @@ from deals.pricer.curation import (
     truncate_texts,
 )
 from deals.pricer.loaders import (
-    atomic_writer,
     iter_products,
     load_many,
     load_products,
@@ -102,8 +102,7 @@ def price_summary_from_dict(summary: Mapping[str, Any], *, title: str = "Prices 
 
 
 def _write_json(data: Any, path: Path) -> None:
-    with atomic_writer(path) as handle:
-        handle.write((json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def curate_files(
