@@ -4,6 +4,7 @@
     deals index [--data FILE ...]      embed priced products into the vector store
     deals data FILE ... --out DIR      curate raw product files into train/validation/test
     deals evaluate --data FILE --pricer NAME [--pricer NAME ...]
+    deals ensemble [fit]               the ensemble's fitted members; fit them
     deals config [--defaults]          show the effective (or default) configuration
     deals run [--once] [--feed URL]    the daemon (APScheduler), or one cycle
     deals history [--json]             recent opportunities and their alert status
@@ -24,6 +25,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from deals.framework.errors import ConfigError, DealsError
@@ -94,7 +96,8 @@ def price(
     if as_json:
         sys.stdout.write(estimate.model_dump_json(indent=2) + "\n")
         return
-    console.print(f"[bold]Estimate:[/bold] ${estimate.price:,.2f}  ([dim]{estimate.pricer}[/dim])")
+    interval = f"  {estimate.interval_level:.0%} interval {estimate.interval_text}" if estimate.interval_text and estimate.interval_level else ""
+    console.print(f"[bold]Estimate:[/bold] ${estimate.price:,.2f}{interval}  ([dim]{estimate.pricer}[/dim])")
     for member, value in estimate.parts.items():
         console.print(f"  {member}: ${value:,.2f}")
     if estimate.note:
@@ -175,57 +178,116 @@ def data(
 def evaluate(
     ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", "-d", help="priced JSONL file of held-out products")],
-    pricer: Annotated[list[str], typer.Option("--pricer", "-p", help="pricer name; repeat for a side-by-side run")] = ["knn"],  # noqa: B006
+    pricer: Annotated[list[str], typer.Option("--pricer", "-p", help="pricer name; repeat for a side-by-side run")] = ["ensemble"],  # noqa: B006
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="evaluate the first N items")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="write the JSON report here")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="write the truth-vs-estimate PNG here")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="write the truth-vs-estimate PNG here (and the alert curve beside it)")] = None,
     adapter: Annotated[Optional[Path], typer.Option("--adapter", help="trained output directory served by --pricer specialist")] = None,
-    fit_ensemble: Annotated[bool, typer.Option("--fit-ensemble", help="fit the ensemble's weights on --data and save them")] = False,
-    member: Annotated[Optional[list[str]], typer.Option("--member", "-m", help="with --fit-ensemble: members to fit (default ensemble.members)")] = None,
 ) -> None:
-    """Run pricers over a priced file: MAE, RMSLE, hit rate, per-bucket errors, 95% CI.
+    """Run pricers over a priced file: MAE, RMSLE, hit rate, alert precision/recall, interval coverage, per bucket.
 
-    With --fit-ensemble, runs the ensemble's members over the file, fits the weights
-    (cross-validated) and saves them under DEALS_HOME (or ensemble.weights_file).
+    Alerts are judged by the planner's own rule and settings: every item is offered at
+    0.4 ... 1.1 times its true price and each offer is alerted or not, rightly or wrongly.
     """
+    from deals.pricer.alerts import AlertRule
     from deals.pricer.base import create_pricer
     from deals.pricer.data import load_products
-    from deals.pricer.evaluate import compare, plot as plot_reports, render_buckets, render_table, write_report
+    from deals.pricer.evaluate import compare, plot as plot_reports, plot_alert_curve, render_alerts, render_buckets, render_table, write_report
 
     settings = settings_of(ctx)
     limit = limit or settings.evaluation.limit
     _load_agents()
-    if fit_ensemble:
-        from deals.agents.ensemble import fit_from_file
-
-        fitted = fit_from_file(settings, data, limit, member or None)
-        console.print(fitted.table())
-        console.print(f"ensemble weights saved to {fitted.path}")
-        reports = fitted.reports
-    else:
-        items = load_products(data)
-        if limit:
-            items = items[:limit]
-        pricers = {}
-        try:
-            for name in dict.fromkeys(pricer):
-                options = {"adapter": str(adapter)} if adapter and name == "specialist" else {}
-                pricers[name] = create_pricer(name, settings, **options)
-            reports = compare(pricers, items, settings.evaluation, data_file=str(data))
-        finally:
-            for model in pricers.values():
-                model.close()
-        console.print(render_table(reports))
-        for rep in reports:
-            console.print(render_buckets(rep))
-            if rep.excluded_neighbours:
-                console.print(f"[dim]{rep.pricer}: {rep.excluded_neighbours} exact matches of evaluated items were excluded from the neighbours[/dim]")
+    items = load_products(data)
+    if limit:
+        items = items[:limit]
+    pricers = {}
+    try:
+        for name in dict.fromkeys(pricer):
+            options = {"adapter": str(adapter)} if adapter and name == "specialist" else {}
+            pricers[name] = create_pricer(name, settings, **options)
+        reports = compare(pricers, items, settings.evaluation, data_file=str(data), rule=AlertRule.from_settings(settings.planner))
+    finally:
+        for model in pricers.values():
+            model.close()
+    console.print(render_table(reports))
+    for rep in reports:
+        console.print(render_buckets(rep))
+        console.print(render_alerts(rep))
     if report:
         write_report(reports, report)
         console.print(f"report: {report}")
     if plot:
         plot_reports(reports, plot)
-        console.print(f"plot: {plot}")
+        curve = plot.with_name(f"{plot.stem}-alerts{plot.suffix or '.png'}")
+        plot_alert_curve(reports, curve)
+        console.print(f"plots: {plot}, {curve}")
+
+
+ensemble_app = typer.Typer(help="The ensemble: which members are fitted, and fitting them.", no_args_is_help=False, invoke_without_command=True)
+app.add_typer(ensemble_app, name="ensemble")
+
+
+@ensemble_app.callback()
+def ensemble_show(ctx: typer.Context) -> None:
+    """Show the configured members, which are available, and the fitted subsets with their validation MAE."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from deals.pricer.blend import load_fit, weights_path
+
+    settings = settings_of(ctx)
+    path = weights_path(settings)
+    table = Table(title="ensemble members")
+    table.add_column("member")
+    table.add_column("configured")
+    table.add_column("fitted in")
+    fit = None
+    if path.exists():
+        try:
+            fit = load_fit(path)
+        except DealsError as exc:
+            err.print(f"[yellow]{escape(str(exc))}[/yellow]")
+    for name in settings.ensemble.members:
+        subsets = [key for key, sub in (fit.subsets.items() if fit else []) if name in sub.members]
+        note = "its own calibration (bundled)" if name == "local" else (", ".join(subsets) or "-")
+        table.add_row(name, "yes", note)
+    console.print(table)
+    if fit is None:
+        console.print(f"no fitted blend at {path}: the local model answers alone; members that need a fit are fitted on first use"
+                      f" (ensemble.auto_fit={settings.ensemble.auto_fit}) or with `deals ensemble fit`")
+        return
+    fits = Table(title=f"fitted subsets ({path}; {Path(fit.data_file or '?').name}, n={fit.n}, {fit.fitted_at:%Y-%m-%d})")
+    for column in ("subset", "n", "weights", "validation MAE (CV)", "RMSLE"):
+        fits.add_column(column)
+    for key, sub in sorted(fit.subsets.items()):
+        weights = ", ".join(f"{m} {w:.2f}" for m, w in sub.weights.items())
+        fits.add_row(key, str(sub.n), weights, f"${sub.cv.mae:,.2f}", f"{sub.cv.rmsle:.3f}")
+    console.print(fits)
+    if fit.cost_usd:
+        console.print(f"fitting cost ${fit.cost_usd:.4f}")
+
+
+@ensemble_app.command("fit")
+def ensemble_fit(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="priced file (default: the bundled validation split)")] = None,
+    member: Annotated[Optional[list[str]], typer.Option("--member", "-m", help="members to fit (default ensemble.members)")] = None,
+    max_usd: Annotated[Optional[float], typer.Option("--max-usd", help="most the LLM members may spend (default ensemble.auto_fit_max_usd)")] = None,
+    max_items: Annotated[Optional[int], typer.Option("--max-items", help="most items each non-local member prices")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="use the first N items of the file")] = None,
+) -> None:
+    """Fit the blend of the members on a priced file and save it (cross-validated; deal-weighted)."""
+    from deals.agents.ensemble import validation_file
+    from deals.pricer.blend import fit_from_file
+
+    settings = settings_of(ctx)
+    _load_agents()
+    fitted = fit_from_file(
+        settings, data or validation_file(), limit, member or None,
+        max_usd=settings.ensemble.auto_fit_max_usd if max_usd is None else max_usd,
+        max_items=settings.ensemble.auto_fit_max_items if max_items is None else max_items,
+    )  # fmt: skip
+    console.print(fitted.table())
+    console.print(f"ensemble weights saved to {fitted.path}")
 
 
 @app.command()
@@ -274,7 +336,8 @@ def history(
     table.add_column("when (UTC)")
     table.add_column("product")
     table.add_column("price", justify="right")
-    table.add_column("estimate", justify="right")
+    table.add_column("estimate (interval)", justify="right")
+    table.add_column("members")
     table.add_column("discount", justify="right")
     table.add_column("alerts")
     table.add_column("link", overflow="fold")
@@ -283,7 +346,8 @@ def history(
             f"{row.created_at:%Y-%m-%d %H:%M}",
             row.description[:60],
             f"${row.price:,.2f}",
-            f"${row.estimate:,.2f}",
+            f"${row.estimate:,.2f}" + (f" (${row.low:,.0f}-${row.high:,.0f})" if row.low is not None and row.high is not None else ""),
+            ", ".join(f"{name} ${value:,.0f}" for name, value in row.parts.items()),
             f"${row.discount:,.2f} ({row.discount_rel:.0%})",
             row.alert_status,
             row.url,

@@ -52,7 +52,7 @@ def test_price_prints_estimate_and_neighbours(seeded_home):
     assert "Estimate: $" in done.stdout and "nearest catalogue products" in done.stdout
     done = deals("price", "Bose QuietComfort noise cancelling over-ear Bluetooth headphones", "--json", home=seeded_home)
     estimate = json.loads(done.stdout)
-    assert estimate["pricer"] == "ensemble" and estimate["price"] > 0 and set(estimate["parts"]) == {"knn", "ridge"}
+    assert estimate["pricer"] == "ensemble" and estimate["price"] > 0 and set(estimate["parts"]) == {"local", "knn", "ridge"} and estimate["low"] < estimate["price"] < estimate["high"]
     done = deals("price", "Bose QuietComfort headphones", "--json", "--pricer", "knn", home=seeded_home)
     estimate = json.loads(done.stdout)
     assert estimate["pricer"] == "knn" and len(estimate["neighbours"]) == 10

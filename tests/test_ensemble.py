@@ -1,6 +1,8 @@
-"""The learned ensemble: fitting (known weights, constraints, subsets, CV choice), run-time
-re-weighting and fallbacks, the weights file, `fit_from_file` with real kNN and ridge
-members, and the ridge member itself.
+"""The learned ensemble: fitting (known weights, constraints, subsets, CV choice, conformal
+distributions), run-time re-weighting and fallbacks, the weights file, `fit_from_file` with
+the real local and ridge members, automatic fits under a cost cap with a real frontier
+member against a fake LLM server, members no fit uses not being called, and the ridge
+member itself.
 
 Members whose answers a test must control are real `Pricer`s registered through the same
 registry as the real ones (`test-a`, `test-b`, ...): they price from a table.
@@ -19,10 +21,10 @@ import numpy as np
 import pytest
 
 import deals.agents  # noqa: F401 - registers the agent pricers
-from deals.agents.ensemble import (
+from deals.pricer.blend import (
     EnsembleFit,
     SubsetFit,
-    fit_ensemble,
+    fit_blend,
     fit_from_file,
     load_fit,
     save_fit,
@@ -33,8 +35,24 @@ from deals.framework.errors import ConfigError, DataError, PricingError
 from deals.framework.models import Estimate, Neighbour
 from deals.framework.settings import LLMSettings, Settings
 from deals.pricer.base import Pricer, create_pricer, pricer_names, register
+from deals.pricer.local_fit import deal_prior_weights
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def fit_ensemble(*args, **kwargs) -> EnsembleFit:
+    return fit_blend(*args, **kwargs)[0]
+
+
+def median_of(sub: SubsetFit, parts: dict[str, float]) -> float:
+    """What the ensemble answers for a subset without a shape: the median of its conformal distribution."""
+    return round(math.exp(sub.log_quantiles(parts, None)[sub.levels.index(0.5)]), 2)
+
+
+def no_auto_fit() -> Settings:
+    settings = Settings()
+    settings.ensemble.auto_fit = False
+    return settings
 VALIDATION = ROOT / "data" / "eval" / "validation.jsonl"
 
 # --------------------------------------------------------------------------- test members
@@ -193,7 +211,7 @@ def test_all_members_blend_with_the_full_fit(fitted):
     estimate = pricer.price(texts[0])
     parts = {n: TABLES[n][texts[0]] for n in ("test-a", "test-b", "test-c")}
     assert estimate.parts == parts
-    assert estimate.price == round(fit.subsets["test-a+test-b+test-c"].predict(parts), 2)
+    assert estimate.price == median_of(fit.subsets["test-a+test-b+test-c"], parts)
     assert "learned weights" in estimate.note and "missing" not in estimate.note
     assert estimate.neighbours and estimate.tokens_in == 10  # evidence and usage carried over from the members
 
@@ -201,7 +219,7 @@ def test_all_members_blend_with_the_full_fit(fitted):
 def test_missing_member_is_reweighted_by_its_subset_fit(fitted, caplog):
     fit, path, texts = fitted
     settings = Settings()
-    with caplog.at_level(logging.INFO, logger="deals.agents.ensemble"):
+    with caplog.at_level(logging.INFO, logger="deals.pricer.blend"):
         pricer = create_pricer("ensemble", settings, members=["test-a", "test-b", "test-broken"], weights_file=path)
         estimates = pricer.price_many(texts[:5])
     assert sum("test-broken is unavailable" in r.message for r in caplog.records) == 1  # logged once, at creation
@@ -210,7 +228,7 @@ def test_missing_member_is_reweighted_by_its_subset_fit(fitted, caplog):
     for text, estimate in zip(texts[:5], estimates, strict=True):
         parts = {"test-a": TABLES["test-a"][text], "test-b": TABLES["test-b"][text]}
         assert estimate.parts == parts
-        assert estimate.price == round(sub.predict(parts), 2)
+        assert estimate.price == median_of(sub, parts)
         assert "missing: test-broken (no trained adapter" in estimate.note
         assert "fit for test-a+test-b" in estimate.note and "re-weighted" in estimate.note
 
@@ -222,25 +240,28 @@ def test_member_failing_for_one_item_is_dropped_for_that_item_only(fitted):
     first, second, third = pricer.price_many(texts[:3])
     assert set(first.parts) == set(third.parts) == {"test-a", "test-b", "test-c"}
     assert set(second.parts) == {"test-a", "test-c"}
-    assert second.price == round(fit.subsets["test-a+test-c"].predict(second.parts), 2)
+    assert second.price == median_of(fit.subsets["test-a+test-c"], second.parts)
     assert "missing: test-b (PricingError" in second.note and "missing" not in first.note
 
 
-def test_member_outside_the_fit_is_recorded_but_unused(tmp_path):
+def test_a_member_no_fit_uses_is_not_called_and_says_why(tmp_path, caplog):
     members, truth = synthetic(100)
     texts = [f"item {i}" for i in range(100)]
     fill_tables(members, texts)
     fit = fit_ensemble({"test-a": list(TABLES["test-a"].values())}, truth, losses=("log_l2",))
     path = save_fit(fit, tmp_path / "e.json")
-    estimate = create_pricer("ensemble", Settings(), members=["test-a", "test-c"], weights_file=path).price(texts[3])
-    assert set(estimate.parts) == {"test-a", "test-c"}
-    assert estimate.price == round(fit.subsets["test-a"].predict({"test-a": TABLES["test-a"][texts[3]]}), 2)
-    assert "recorded but unused: test-c" in estimate.note
+    with caplog.at_level(logging.WARNING, logger="deals.agents.ensemble"):
+        pricer = create_pricer("ensemble", no_auto_fit(), members=["test-a", "test-c"], weights_file=path)
+    estimate = pricer.price(texts[3])
+    assert set(pricer.members) == {"test-a"} and set(estimate.parts) == {"test-a"}  # test-c never asked
+    assert estimate.price == median_of(fit.subsets["test-a"], {"test-a": TABLES["test-a"][texts[3]]})
+    assert "test-c (no fitted weights use it and ensemble.auto_fit is off; not called)" in estimate.note
+    assert "member test-c is configured but no fitted weights use it" in caplog.text
 
 
 def test_without_a_fit_the_geometric_mean_and_a_note(tmp_path):
     TABLES.update({"test-a": {"x": 10.0}, "test-b": {"x": 40.0}})
-    settings = Settings()
+    settings = no_auto_fit()
     settings.ensemble.weights_file = str(tmp_path / "none.json")
     estimate = create_pricer("ensemble", settings, members=["test-a", "test-b"]).price("x")
     assert estimate.price == 20.0 and estimate.parts == {"test-a": 10.0, "test-b": 40.0}
@@ -252,8 +273,8 @@ def test_unusable_weights_file_falls_back_and_says_so(tmp_path, caplog):
     broken = tmp_path / "ensemble.json"
     broken.write_text('{"version": 1, "members": "oops"}')
     with caplog.at_level(logging.WARNING, logger="deals.agents.ensemble"):
-        estimate = create_pricer("ensemble", Settings(), members=["test-a", "test-b"], weights_file=broken).price("x")
-    assert estimate.price == 20.0 and "unusable" in estimate.note and "not a valid ensemble weights file" in caplog.text
+        estimate = create_pricer("ensemble", no_auto_fit(), members=["test-a", "test-b"], weights_file=broken).price("x")
+    assert estimate.price == 20.0 and "geometric mean" in estimate.note and "not a valid ensemble weights file" in caplog.text
 
 
 def test_failures_and_misconfiguration_are_clear_errors(fitted):
@@ -275,7 +296,7 @@ def test_default_weights_path_is_under_deals_home(deals_home):
 
 
 def test_agents_register_their_pricers_lazily():
-    assert {"frontier", "ensemble", "specialist", "ridge"} <= set(pricer_names())
+    assert {"frontier", "ensemble", "specialist", "ridge", "local"} <= set(pricer_names())
 
 
 def test_subset_lookup_prefers_exact_then_largest_then_best_cv():
@@ -314,58 +335,136 @@ def ridge_home(seeded_home, ridge_file):
     return seeded_home
 
 
-def test_fit_from_file_with_real_knn_and_ridge(ridge_home):
+def test_fit_from_file_with_the_real_local_and_ridge_members(ridge_home):
     from deals.pricer.data import load_products
 
     settings = Settings()
-    report = fit_from_file(settings, VALIDATION, limit=30, members=["knn", "ridge"], folds=3, progress=False)
+    report = fit_from_file(settings, VALIDATION, limit=40, members=["local", "ridge"], folds=3, progress=False)
 
     assert report.path == ridge_home / "models" / "ensemble.json" and report.missing == {}
     data = json.loads(report.path.read_text())
     assert data["data_file"] == str(VALIDATION)
     assert data["data_sha256"] == hashlib.sha256(VALIDATION.read_bytes()).hexdigest()
-    assert data["n"] == 30 and data["folds"] == 3 and data["fitted_at"]
-    assert set(data["member_scores"]) == {"knn", "ridge"} and data["ensemble_cv"]["n"] == 30
-    assert set(data["subsets"]) == {"knn", "ridge", "knn+ridge"}
-    assert sum(data["subsets"]["knn+ridge"]["weights"].values()) == pytest.approx(1.0)
+    assert data["n"] == 40 and data["folds"] == 3 and data["fitted_at"]
+    assert set(data["member_scores"]) == {"local", "ridge"} and data["ensemble_cv"]["n"] == 40
+    assert set(data["subsets"]) == {"local", "ridge", "local+ridge"}
+    both = data["subsets"]["local+ridge"]
+    assert sum(both["weights"].values()) == pytest.approx(1.0) and both["shape"] == "local"
+    assert len(both["offsets"]) == len(both["levels"]) == 11
 
-    items = load_products(VALIDATION)[:30]
-    median = float(np.median([p.price for p in items]))
-    constant_mae = float(np.mean([abs(p.price - median) for p in items]))
-    for name in ("knn", "ridge"):  # both members really price: better than the median of the very items
-        assert report.fit.member_scores[name].mae < constant_mae
-    assert [r.pricer for r in report.reports] == ["knn", "ridge", "ensemble (3-fold CV)"]
-    assert report.reports[-1].n == 30 and report.table().row_count == 3
+    items = load_products(VALIDATION)[:40]
+    truth = np.array([p.price for p in items])
+    weights = deal_prior_weights(truth)  # member scores count prices with the mix of deals
+    best_constant = min(float(weights @ np.abs(truth - c)) / weights.sum() for c in truth)
+    for name in ("local", "ridge"):  # both members really price: better than any constant, even one fitted on these items
+        assert report.fit.member_scores[name].mae < best_constant
+    assert [r.pricer for r in report.reports] == ["local", "ridge", "ensemble (3-fold CV)"]
+    assert report.reports[-1].n == 40 and report.table().row_count == 3
 
-    ensemble = create_pricer("ensemble", settings, members=["knn", "ridge"])
+    ensemble = create_pricer("ensemble", settings, members=["local", "ridge"])
     try:
         estimate = ensemble.price(items[0].text, exclude_exact=True)
     finally:
         ensemble.close()
-    assert set(estimate.parts) == {"knn", "ridge"} and estimate.neighbours
-    assert estimate.price == round(report.fit.subsets["knn+ridge"].predict(estimate.parts), 2)
+    assert {"local", "ridge", "knn"} <= set(estimate.parts) and estimate.neighbours
+    sub = report.fit.subsets["local+ridge"]
+    centre = sub.centre_log({"local": estimate.parts["local"], "ridge": estimate.parts["ridge"]})
+    assert estimate.price == pytest.approx(math.exp(centre + sub.offsets[sub.levels.index(0.5)]), rel=0.01)  # the local shape is 0 at the median
+    assert estimate.low < estimate.price < estimate.high and len(estimate.quantiles) == 11
     assert "learned weights" in estimate.note
 
 
-def test_ensemble_with_a_real_frontier_member_through_a_fake_server(ridge_home, monkeypatch):
-    from tests.fakes.llm_server import FakeLLMServer, answer, garbage, sequence
+def test_the_offline_default_is_the_local_model_with_its_interval(ridge_home):
+    ensemble = create_pricer("ensemble", Settings())  # no key, no adapter: local alone, nothing fitted or called
+    try:
+        assert set(ensemble.members) == {"local"} and {"frontier", "specialist"} <= set(ensemble.missing)
+        estimate = ensemble.price("Anker 737 power bank, 24,000 mAh, 140 W USB-C portable charger")
+    finally:
+        ensemble.close()
+    assert estimate.pricer == "ensemble" and estimate.interval_level == 0.8
+    assert estimate.low < estimate.price < estimate.high and {"local", "knn", "ridge"} == set(estimate.parts)
+    assert not (ridge_home / "models" / "ensemble.json").exists()
+
+
+@pytest.fixture
+def small_validation(tmp_path):
+    from deals.pricer.data import load_products, save_products
+
+    path = tmp_path / "fit.jsonl"
+    save_products(load_products(VALIDATION)[:40], path)
+    return path
+
+
+def test_a_configured_frontier_is_fitted_on_first_use_under_the_cost_cap(ridge_home, small_validation, monkeypatch, caplog):
+    from deals.framework.llm.usage import METER
+    from tests.fakes.llm_server import FakeLLMServer, answer
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ensemble")
     settings = Settings()
+    settings.ensemble.auto_fit_data = str(small_validation)
+    settings.ensemble.auto_fit_max_usd = 0.0045  # gpt-4o-mini, 2,000 tokens in: ~$0.0003 a call, so about fifteen calls
+    settings.frontier.cache = False
+    before = METER.snapshot()
+    with FakeLLMServer(answer({"price": 120.0}, tokens_in=2000, tokens_out=8)) as server:
+        settings.llm = LLMSettings(provider="openai", base_url=f"{server.url}/v1", max_retries=0)
+        with caplog.at_level(logging.INFO):
+            ensemble = create_pricer("ensemble", settings)
+        try:
+            fitted_calls = len(server.requests)
+            assert set(ensemble.members) == {"local", "frontier"}
+            estimate = ensemble.price("Sony WH-1000XM4 wireless noise cancelling headphones")
+        finally:
+            ensemble.close()
+    fit = load_fit(ridge_home / "models" / "ensemble.json")
+    assert 12 <= fitted_calls <= 16 and fit.cost_usd <= 0.0045 + 0.0004  # stopped at the cap (one call of slack)
+    assert "frontier priced" in caplog.text and "(cap $0.0045)" in caplog.text and "fitted " in caplog.text
+    assert fit.covers("frontier") and fit.subsets["frontier"].n == fitted_calls
+    assert estimate.parts["frontier"] == 120.0 and "local" in estimate.parts and estimate.low < estimate.high
+    used = METER.snapshot() - before
+    assert used.calls == fitted_calls + 1 and used.cost_usd > 0  # every call counted, whoever made it
+
+
+def test_with_auto_fit_off_a_configured_frontier_is_never_called(ridge_home, monkeypatch):
+    from tests.fakes.llm_server import FakeLLMServer, answer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ensemble")
+    settings = no_auto_fit()
+    with FakeLLMServer(answer({"price": 300.0})) as server:
+        settings.llm = LLMSettings(provider="openai", base_url=f"{server.url}/v1", max_retries=0)
+        ensemble = create_pricer("ensemble", settings)
+        try:
+            estimate = ensemble.price("Ninja professional countertop blender 1000 watt")
+        finally:
+            ensemble.close()
+        assert server.requests == []
+    assert "frontier" not in estimate.parts and "frontier (no fitted weights use it" in estimate.note
+
+
+def test_ensemble_with_a_real_frontier_member_through_a_fake_server(ridge_home, tmp_path, monkeypatch):
+    from tests.fakes.llm_server import FakeLLMServer, answer, garbage, sequence
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ensemble")
+    rng = np.random.default_rng(0)
+    truth = np.exp(rng.uniform(2, 6, 60))
+    members = {"local": truth * np.exp(rng.normal(0, 0.4, 60)), "frontier": truth * np.exp(rng.normal(0, 0.4, 60))}
+    fit = fit_ensemble(members, truth, losses=("log_l2",))
+    settings = Settings()
+    settings.ensemble.weights_file = str(save_fit(fit, tmp_path / "fit.json"))
     with FakeLLMServer(sequence(answer({"price": 300.0}, tokens_in=700, tokens_out=8), garbage())) as server:
         settings.llm = LLMSettings(provider="openai", base_url=f"{server.url}/v1", max_retries=0)
-        settings.ensemble.weights_file = str(ridge_home / "no-fit-yet.json")  # not the bundled kNN+ridge fit
-        ensemble = create_pricer("ensemble", settings, members=["knn", "frontier", "specialist"])
+        ensemble = create_pricer("ensemble", settings)
         try:
-            assert set(ensemble.members) == {"knn", "frontier"} and "specialist" in ensemble.missing
+            assert set(ensemble.members) == {"local", "frontier"} and "specialist" in ensemble.missing
             first = ensemble.price("Sony WH-1000XM4 wireless noise cancelling headphones")
             second = ensemble.price("Ninja professional countertop blender 1000 watt")
         finally:
             ensemble.close()
-    assert set(first.parts) == {"knn", "frontier"} and first.parts["frontier"] == 300.0
-    assert (first.tokens_in, first.tokens_out) == (700, 8) and first.cost_usd > 0
-    assert math.isclose(first.price, math.sqrt(300.0 * first.parts["knn"]), rel_tol=0.01)  # no fit: geometric mean
-    assert set(second.parts) == {"knn"} and "missing: specialist" in second.note and "frontier (PricingError" in second.note
+    assert first.parts["frontier"] == 300.0 and (first.tokens_in, first.tokens_out) == (700, 8) and first.cost_usd > 0
+    sub = fit.subsets["frontier+local"]
+    centre = sub.centre_log({"local": first.parts["local"], "frontier": 300.0})
+    assert first.price == pytest.approx(math.exp(centre + sub.offsets[sub.levels.index(0.5)]), rel=0.01)
+    assert "frontier" not in second.parts and "frontier (PricingError" in second.note
+    assert second.low < second.price < second.high  # the local model answered alone, with its own interval
 
 
 # --------------------------------------------------------------------------- the ridge member

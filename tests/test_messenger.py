@@ -107,34 +107,53 @@ def states(store: Store) -> list[str]:
 # --------------------------------------------------------------------------- message text
 
 
-def test_message_has_every_number_and_the_link_and_fits_one_sms():
+def _headphones(url: str = "https://www.dealnews.com/products/Sony/Sony-WH-1000-XM-5-Headphones/123456.html") -> Opportunity:
     deal = Deal(
         entry_key="x",
         product_description="Sony WH-1000XM5 Wireless Noise Canceling Over-Ear Headphones with Mic, 30-hour battery, "
-        "multipoint Bluetooth, touch controls \u2013 \u201cMidnight Blue\u201d edition\u2122",
+        "multipoint Bluetooth, touch controls \u2013 \u201cMidnight Blue\u201d edition\u2122, in the 2024 retail box with a "
+        "hard carrying case, 3.5 mm cable, USB-C cable and flight adapter included",
         price=248.0,
-        url="https://www.dealnews.com/products/Sony/Sony-WH-1000-XM-5-Headphones/123456.html",
+        url=url,
     )
-    o = Opportunity(deal=deal, estimate=Estimate(price=399.99, pricer="knn"), discount=151.99)
-    text = format_alert(o, 160)
-    assert gsm7_length(text) <= 160
-    assert text.startswith("Sony WH-1000XM5 Wireless")
-    assert "..." in text
-    assert "$248 " in text and "est $399.99" in text and "save $151.99 / 38%" in text
-    assert text.endswith(" " + deal.url)
+    estimate = Estimate(price=399.99, pricer="ensemble", low=310.0, high=520.0, interval_level=0.8)
+    return Opportunity(deal=deal, estimate=estimate, discount=151.99)
+
+
+def test_message_names_the_product_and_has_every_number_the_interval_and_the_link():
+    o = _headphones()
+    text = format_alert(o)  # default: two segments
+    assert gsm7_length(text) <= 306
+    assert text.startswith("Sony WH-1000XM5 Wireless Noise Canceling Over-Ear Headphones")
+    assert "$248, est $399.99 ($310-$520), save $151.99 (38%)" in text
+    assert text.endswith(" " + o.deal.url)
     assert to_gsm7(text) == text  # only GSM-7 characters
 
-    short = format_alert(o.model_copy(update={"deal": deal.model_copy(update={"product_description": "Sony headphones"})}), 160)
-    assert short == f"Sony headphones: $248 (est $399.99, save $151.99 / 38%) {deal.url}"
+    short = format_alert(o.model_copy(update={"deal": o.deal.model_copy(update={"product_description": "Sony headphones"})}))
+    assert short == f"Sony headphones: $248, est $399.99 ($310-$520), save $151.99 (38%) {o.deal.url}"
 
-    for limit in (130, 140, 150):
+    for limit in (180, 200, 250):  # the name is shortened first, never below 40 characters
         cut = format_alert(o, limit)
-        assert gsm7_length(cut) <= limit and cut.startswith("Sony") and cut.endswith(deal.url) and "est $399.99" in cut
-    assert format_alert(o, 100).startswith("$248 (est $399.99")  # no room for a description: facts win
+        assert gsm7_length(cut) <= limit and cut.endswith(o.deal.url) and "est $399.99 ($310-$520)" in cut
+        assert cut.index(":") >= 40 and "..." in cut
+    one_sms = format_alert(o, 160)  # a 40-character name and the numbers leave no room for this link
+    assert gsm7_length(one_sms) <= 160 and one_sms.index(":") >= 40 and one_sms.endswith("(link in deals history)")
 
-    huge_url = deal.model_copy(update={"url": "https://example.com/" + "a" * 200})
-    only_facts = format_alert(o.model_copy(update={"deal": huge_url}), 160)
-    assert only_facts.startswith("$248 (est") and only_facts.endswith("a" * 200)  # link never cut
+    no_interval = o.model_copy(update={"estimate": Estimate(price=399.99, pricer="knn")})
+    assert "est $399.99, save" in format_alert(no_interval)
+
+
+def test_a_long_link_never_costs_the_product_name_or_the_length_limit():
+    tracking = _headphones("https://www.dealnews.com/Microsoft-4-License-Office-Home-Business/123.html?iref=rss-c142&" + "x" * 300)
+    text = format_alert(tracking)
+    assert gsm7_length(text) <= 306 and text.startswith("Sony WH-1000XM5 Wireless Noise Canceling")
+    assert text.endswith(" https://www.dealnews.com/Microsoft-4-License-Office-Home-Business/123.html")  # query dropped
+
+    huge = _headphones("https://example.com/" + "a" * 3800)  # no room for the link at all
+    text = format_alert(huge)
+    assert gsm7_length(text) <= 306 and text.startswith("Sony WH-1000XM5") and "(link in deals history)" in text
+    assert "est $399.99 ($310-$520)" in text
+    assert gsm7_length(format_alert(huge, 70)) <= 70  # even a tiny limit holds
 
 
 def test_gsm7_and_money_helpers():
@@ -152,13 +171,13 @@ def test_notify_sends_each_opportunity_to_each_recipient_once(make, store, fake)
     report = messenger.notify(opps)
     assert (report.enqueued, report.sent, report.failed, report.waiting) == (4, 4, 0, 0)
     assert sorted((m["to"], m["from"]) for m in fake.created) == sorted([(ALICE, SENDER), (BOB, SENDER)] * 2)
-    assert all(m["num_segments"] == "1" for m in fake.created)  # judged by the fake's own GSM-7 table
+    assert all(m["num_segments"] in ("1", "2") for m in fake.created)  # judged by the fake's own GSM-7 table
     by_sid = {m["sid"]: m for m in fake.created}
     for alert in store.alerts():
         assert alert.state == "sent" and alert.attempts == 1
         assert by_sid[alert.provider_id]["body"] == alert.body and by_sid[alert.provider_id]["to"] == alert.recipient
-        assert len(alert.body) <= 160
-    assert "save $50 / 83%" in store.alerts()[-1].body
+        assert len(alert.body) <= 306
+    assert "save $50 (83%)" in store.alerts()[-1].body
     assert all(r.user == ACCOUNT_SID for r in fake.requests)
 
     again = messenger.notify(opps)  # the same opportunities again: nothing resent
@@ -359,7 +378,7 @@ def test_console_fallback_prints_alerts_and_warns_once(make, store, fake, capsys
 
     report = first.notify([opp(store, "a", description="Console drill")])
     assert report.sent == 1 and fake.requests == []
-    assert "[deals alert] Console drill: $79.99 (est $199" in capsys.readouterr().out
+    assert "[deals alert] Console drill: $79.99, est $199" in capsys.readouterr().out
     (alert,) = store.alerts()
     assert alert.recipient == "console" and alert.provider_id.startswith("console-")
 

@@ -57,12 +57,20 @@ def test_refuses_an_output_trained_with_another_prompt_version(trained, tmp_path
 def test_prices_in_process_with_the_adapter_keyword(trained):
     pricer = create_pricer("specialist", _settings(decoding="greedy", batch_size=3), adapter=trained)
     try:
-        items = starter_products()[:5]
-        estimates = pricer.price_many([p.text for p in items])
-        assert [e.pricer for e in estimates] == ["specialist"] * 5
-        assert all(0.5 <= e.price <= 10_000 for e in estimates)
-        single = pricer.price(items[3].text)  # one by one = in a batch
-        assert single.price == estimates[3].price
+        texts = [p.text for p in starter_products()[:5]]
+        singles = []
+        for text in texts:  # a tiny model: each answer is a sane price or refused for leaving the sane range
+            try:
+                singles.append(pricer.price(text))
+            except PricingError as exc:
+                assert "outside" in str(exc)
+                singles.append(None)
+        assert all(e.pricer == "specialist" and 0.5 <= e.price <= 10_000 for e in singles if e is not None)
+        if all(singles):  # in a batch = one by one
+            assert [e.price for e in pricer.price_many(texts)] == [e.price for e in singles]
+        else:
+            with pytest.raises(PricingError, match="outside"):
+                pricer.price_many(texts)
     finally:
         pricer.close()
 

@@ -29,9 +29,11 @@ queued for longer than `messenger.max_age_hours` (default one day) are skipped a
 reason. Opportunities younger than that without an alert row (a crash between the
 planner storing them and the messenger queueing them) are queued on the next call.
 
-Messages are GSM-7 text of at most `messenger.max_chars` characters (160 = one SMS):
-product, price, estimate, discount in dollars and percent, and the link; only the product
-description is shortened (with "..."), never the numbers or the link.
+Messages are GSM-7 text of at most `messenger.max_chars` characters (306 = two SMS
+segments, which phones show as one message): the product name (at least 40 characters
+of it), the price, the estimate with its interval, the saving in dollars and percent,
+and the link. The name is shortened first; a link too long to leave room for the name
+loses its query string, or is left out (see `format_alert`).
 """
 
 from __future__ import annotations
@@ -107,17 +109,34 @@ def _cut(text: str, budget: int) -> str:
     return kept.rstrip(" ,;:-/(") + ELLIPSIS
 
 
-def format_alert(opp: Opportunity, max_chars: int = 160) -> str:
-    """The alert text: description (shortened to fit), price, estimate, discount, link."""
+MIN_NAME = 40  # characters of the product name every alert keeps
+
+
+def _short_link(url: str) -> str:
+    """The link without its query string and fragment (tracking, mostly)."""
+    return url.split("#", 1)[0].split("?", 1)[0]
+
+
+def format_alert(opp: Opportunity, max_chars: int = 306) -> str:
+    """The alert text: product name, price, estimate and its interval, saving, link; never over `max_chars`.
+
+    The name is shortened (with "...") before anything else, but keeps at least
+    `MIN_NAME` characters; when the link leaves no room for that, the link loses its
+    query string, and failing that it is left out (it stays in `deals history`).
+    """
     pct = round(opp.discount_rel * 100)
-    facts = f"{money(opp.deal.price)} (est {money(opp.estimate.price)}, save {money(opp.discount)} / {pct}%) {opp.deal.url}"
-    description = to_gsm7(opp.deal.product_description)
-    budget = max_chars - gsm7_length(facts) - 2  # ": "
-    if gsm7_length(description) <= budget:
-        return f"{description}: {facts}" if description else facts
-    if budget >= len(ELLIPSIS) + 4:
-        return f"{_cut(description, budget)}: {facts}"
-    return facts  # too little room: numbers and link win (may exceed max_chars if the URL is huge)
+    estimate = opp.estimate
+    interval = f" ({money(estimate.low)}-{money(estimate.high)})" if estimate.low is not None and estimate.high is not None else ""
+    facts = f"{money(opp.deal.price)}, est {money(estimate.price)}{interval}, save {money(opp.discount)} ({pct}%)"
+    name = to_gsm7(opp.deal.product_description) or "Deal"
+    for link in (to_gsm7(opp.deal.url), to_gsm7(_short_link(opp.deal.url)), ""):
+        tail = f"{facts} {link}" if link else f"{facts} (link in deals history)"
+        budget = max_chars - gsm7_length(tail) - 2  # ": "
+        if gsm7_length(name) <= budget:
+            return f"{name}: {tail}"
+        if budget >= min(MIN_NAME, gsm7_length(name)) and budget >= len(ELLIPSIS) + 4:
+            return f"{_cut(name, budget)}: {tail}"
+    return _cut(f"{name}: {facts}", max_chars)  # max_chars too small for the facts: cut, but never over
 
 
 # --------------------------------------------------------------------------- agent

@@ -20,13 +20,20 @@ One cycle, each step writing to the memory store before the next begins, so that
    a shared embedding model and Chroma client) run their batches one after another.
    A deal whose pricing failed `planner.max_pricing_attempts` times is given up (the
    count lives in the store, so it survives restarts);
-5. **decide**: an opportunity saves at least `planner.min_discount_abs` dollars AND at
-   least `planner.min_discount_rel` of the estimate (so neither cheap nor dear items are
-   favoured). Each estimate is stored together with its opportunity, in one transaction:
-   a deal with an estimate but a lost opportunity cannot happen;
+5. **decide** (`deals.pricer.alerts`): an opportunity is an offer that is a real deal
+   (saves at least `planner.min_discount_abs` dollars AND at least
+   `planner.min_discount_rel` of what the product is worth) with probability at least
+   `planner.confidence` under the estimate's predictive distribution. Each estimate is
+   stored with the decision and its reason ("deal", "not cheap enough", "low
+   confidence": the point estimate alone would have alerted, "too good to be true": a
+   saving so deep the estimate is the likelier error) and its opportunity, in one
+   transaction: a deal with an estimate but a lost opportunity cannot happen;
 6. **notify**: the new opportunities go to `messenger.notify`, which also delivers
    whatever an earlier cycle left pending (its outbox reconciles, recovers opportunities
    without alerts and resends nothing already sent).
+
+The cycle's LLM calls, tokens and dollars are counted for every agent that made them
+(scanner, frontier pricer, ...) from the process-wide meter of `deals.framework.llm.usage`.
 
 A failure in one feed, batch, deal or step is logged, counted in the `CycleReport` and
 skipped; the cycle goes on and completes. `should_stop()` (the daemon's shutdown flag) is
@@ -47,7 +54,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from deals.framework.agent import Agent
+from deals.framework.llm.usage import METER
 from deals.framework.models import Deal, Estimate, FeedState, Opportunity, utcnow
+from deals.pricer.alerts import AlertRule, alert_below, alerts_at, is_real_deal, point_alert_below
 
 if TYPE_CHECKING:
     from deals.agents.messenger import Messenger
@@ -87,7 +96,7 @@ class CycleReport(BaseModel):
     alerts_failed: int = 0
     alerts_waiting: int = Field(0, description="queued or outcome unknown: delivered by a later cycle")
     alerts_skipped: int = 0
-    llm_calls: int = 0
+    llm_calls: int = Field(0, description="LLM calls of this cycle, every agent (failed ones too)")
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
@@ -127,10 +136,15 @@ class CycleReport(BaseModel):
         return self.model_dump(mode="json", exclude={"run_id", "started_at"})
 
 
-def is_opportunity(price: float, estimate: float, min_abs: float, min_rel: float) -> bool:
-    """Both thresholds: saves at least `min_abs` dollars AND at least `min_rel` of the estimate."""
-    discount = estimate - price
-    return discount > 0 and discount >= min_abs and discount >= min_rel * estimate
+is_opportunity = is_real_deal  # the thresholds, at a known value
+
+
+class Decision(BaseModel):
+    """What the planner made of a priced deal."""
+
+    alert: bool
+    alert_below: float = Field(description="highest price at which this estimate makes the deal an alert (0: none)")
+    reason: Literal["deal", "not cheap enough", "low confidence", "too good to be true"]
 
 
 class Planner(Agent):
@@ -153,6 +167,7 @@ class Planner(Agent):
     ) -> None:
         super().__init__(settings)
         self.config = settings.planner
+        self.rule = AlertRule.from_settings(settings.planner)
         self.store = store
         self.reader = reader
         self.scanner = scanner
@@ -220,6 +235,7 @@ class Planner(Agent):
         urls = list(dict.fromkeys(feed_urls if feed_urls is not None else self.settings.feeds.urls))
         with self._lock:
             started = time.perf_counter()
+            usage_before = METER.snapshot()
             report = CycleReport(started_at=self.clock(), feeds=len(urls))
             report.run_id = self.store.start_run()
             crashed = False
@@ -234,6 +250,9 @@ class Planner(Agent):
                 if not crashed and report.status == "ok" and report.errors:
                     report.status = "partial"
                 report.seconds = round(time.perf_counter() - started, 3)
+                used = METER.snapshot() - usage_before
+                report.llm_calls, report.tokens_in, report.tokens_out = used.calls, used.tokens_in, used.tokens_out
+                report.cost_usd = round(used.cost_usd, 6)
                 try:
                     self.store.finish_run(report.run_id, report.status, report.stats())
                 except Exception:  # noqa: BLE001 - the report still goes back to the caller
@@ -290,10 +309,6 @@ class Planner(Agent):
             deals = scan.deals
             report.deals = len(deals)
             report.rejected = scan.rejected
-            report.llm_calls = scan.llm_calls
-            report.tokens_in = scan.tokens_in
-            report.tokens_out = scan.tokens_out
-            report.cost_usd = round(scan.cost_usd, 6)
             for message in scan.errors:
                 report.add_error(f"scan: {message}")
         with self.store.transaction():
@@ -373,10 +388,13 @@ class Planner(Agent):
             if isinstance(outcome, Exception):
                 self._pricing_failed(deal, f"{type(outcome).__name__}: {outcome}", report)
                 continue
-            opportunity = self.decide(deal, outcome)
+            decision = self.judge(deal, outcome)
+            opportunity = (
+                Opportunity(deal=deal, estimate=outcome, discount=round(outcome.price - deal.price, 2)) if decision.alert else None
+            )
             try:
                 with self.store.transaction():
-                    self.store.save_estimate(deal.entry_key, outcome)
+                    self.store.save_estimate(deal.entry_key, outcome, alert_below=decision.alert_below, decision=decision.reason)
                     opportunity_id = self.store.save_opportunity(opportunity) if opportunity else None
             except Exception as exc:  # noqa: BLE001
                 self._pricing_failed(deal, f"not stored: {type(exc).__name__}: {exc}", report)
@@ -386,8 +404,9 @@ class Planner(Agent):
                 report.opportunities += 1
                 self._fresh.append((opportunity_id, opportunity))
                 self.log.info(
-                    "opportunity %d: %s at $%.2f, estimated $%.2f (saves $%.2f, %.0f%%) %s",
+                    "opportunity %d: %s at $%.2f, estimated $%.2f %s(saves $%.2f, %.0f%%) %s",
                     opportunity_id, deal.product_description[:60], deal.price, outcome.price,
+                    f"[{outcome.interval_text}] " if outcome.interval_text else "",
                     opportunity.discount, 100 * opportunity.discount_rel, deal.url,
                 )
 
@@ -405,9 +424,19 @@ class Planner(Agent):
             deal.entry_key, attempts, self.max_pricing_attempts, ", giving up" if final else "", error,
         )
 
+    def judge(self, deal: Deal, estimate: Estimate) -> Decision:
+        """The decision on a priced deal, and why (see the module docstring)."""
+        below = alert_below(estimate, self.rule)
+        if deal.price <= below:
+            if alerts_at(estimate, [deal.price], self.rule, below=below)[0]:
+                return Decision(alert=True, alert_below=below, reason="deal")
+            return Decision(alert=False, alert_below=below, reason="too good to be true")
+        point = point_alert_below(estimate.price, self.rule.min_abs, self.rule.min_rel)
+        return Decision(alert=False, alert_below=below, reason="low confidence" if deal.price <= point else "not cheap enough")
+
     def decide(self, deal: Deal, estimate: Estimate) -> Opportunity | None:
-        """An `Opportunity` when the deal passes both discount thresholds, else None."""
-        if not is_opportunity(deal.price, estimate.price, self.config.min_discount_abs, self.config.min_discount_rel):
+        """An `Opportunity` when the deal is worth an alert, else None."""
+        if not self.judge(deal, estimate).alert:
             return None
         return Opportunity(deal=deal, estimate=estimate, discount=round(estimate.price - deal.price, 2))
 
@@ -434,4 +463,4 @@ class Planner(Agent):
                 self.log.exception("closing %s failed", type(part).__name__)
 
 
-__all__ = ["CycleReport", "Planner", "is_opportunity"]
+__all__ = ["CycleReport", "Decision", "Planner", "is_opportunity"]

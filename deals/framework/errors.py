@@ -57,6 +57,10 @@ class PricingError(DealsError):
     """A pricer could not produce a sane estimate."""
 
 
+class BudgetExhausted(PricingError):
+    """An item deliberately not priced: a member's spending or item cap for this run was reached."""
+
+
 class NotifyError(DealsError):
     """An alert could not be delivered."""
 
@@ -70,6 +74,7 @@ class PermanentNotifyError(NotifyError):
 
 
 __all__ = [
+    "BudgetExhausted",
     "ConfigError",
     "DataError",
     "DealsError",

@@ -100,11 +100,28 @@ class Neighbour(Record):
     text: str | None = None
 
 
+class Quantile(Record):
+    """One point of a predictive distribution: the true price is below `price` with probability `level`."""
+
+    level: float = Field(gt=0, lt=1)
+    price: float = Field(gt=0)
+
+
 class Estimate(Record):
-    """A pricer's estimate of what a product is worth."""
+    """A pricer's estimate of what a product is worth, with how sure it is.
+
+    `price` is the point estimate (the median of the distribution when there is one);
+    `low`..`high` the interval at `interval_level` (0.8: on held-out products the true
+    price lies inside 80% of the time); `quantiles` the whole predictive distribution the
+    planner decides on. Pricers without a calibrated distribution leave them empty.
+    """
 
     price: float = Field(gt=0)
     pricer: str
+    low: float | None = Field(None, gt=0, description="lower end of the interval")
+    high: float | None = Field(None, gt=0, description="upper end of the interval")
+    interval_level: float | None = Field(None, gt=0, lt=1, description="coverage the interval was calibrated for")
+    quantiles: list[Quantile] = Field(default_factory=list, description="predictive distribution, ascending levels")
     parts: dict[str, float] = Field(default_factory=dict, description="member estimates (ensemble)")
     neighbours: list[Neighbour] = Field(default_factory=list)
     note: str | None = Field(None, description="anything the reader should know (e.g. members missing)")
@@ -120,6 +137,22 @@ class Estimate(Record):
             raise ValueError("estimate must be finite")
         return value
 
+    @field_validator("quantiles")
+    @classmethod
+    def _ascending(cls, value: list[Quantile]) -> list[Quantile]:
+        levels = [q.level for q in value]
+        prices = [q.price for q in value]
+        if levels != sorted(set(levels)) or prices != sorted(prices):
+            raise ValueError("quantiles must have increasing levels and non-decreasing prices")
+        return value
+
+    @property
+    def interval_text(self) -> str:
+        """'$120-$310' or '' without an interval."""
+        if self.low is None or self.high is None:
+            return ""
+        return f"${self.low:,.0f}-${self.high:,.0f}"
+
 
 class Opportunity(Record):
     """A deal whose price is well below its estimate."""
@@ -133,4 +166,4 @@ class Opportunity(Record):
         return self.discount / self.estimate.price if self.estimate.price else 0.0
 
 
-__all__ = ["Deal", "Estimate", "FeedEntry", "FeedState", "Neighbour", "Opportunity", "Product", "text_key", "utcnow"]
+__all__ = ["Deal", "Estimate", "Quantile", "FeedEntry", "FeedState", "Neighbour", "Opportunity", "Product", "text_key", "utcnow"]

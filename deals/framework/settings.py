@@ -60,7 +60,7 @@ class VectorSettings(Section):
 
 class DataSettings(Section):
     min_price: float = Field(0.5, ge=0, description="curation: drop products cheaper than this (USD)")
-    max_price: float = Field(999.49, gt=0, description="curation: drop products dearer than this (USD)")
+    max_price: float = Field(10_000.0, gt=0, description="curation: drop products dearer than this (USD)")
     min_chars: int = Field(60, ge=0, description="curation: drop products whose cleaned text is shorter")
     max_tokens: int = Field(180, ge=8, description="curation: truncate texts to this many word pieces")
     seed: int = Field(42, description="seed of the deterministic train/validation/test split")
@@ -85,11 +85,12 @@ class KnnSettings(Section):
 
 
 class PricingSettings(Section):
-    pricer: Literal["knn", "constant", "ridge", "frontier", "specialist", "ensemble"] = Field(
+    pricer: Literal["knn", "constant", "ridge", "local", "frontier", "specialist", "ensemble"] = Field(
         "ensemble", description="pricer the daemon and `deals price` use"
     )
     min_estimate: float = Field(0.5, gt=0, description="estimates are clamped to at least this (USD)")
     max_estimate: float = Field(10_000.0, gt=0, description="estimates are clamped to at most this (USD)")
+    interval_level: float = Field(0.8, gt=0, lt=1, description="coverage of the interval shown with every estimate (0.8 = 80%)")
 
 
 class EvaluationSettings(Section):
@@ -120,12 +121,17 @@ class SpecialistSettings(Section):
 
 
 class EnsembleSettings(Section):
-    members: list[Literal["knn", "ridge", "frontier", "specialist"]] = Field(
-        default_factory=lambda: ["knn", "ridge", "frontier", "specialist"], description="pricers combined when available"
+    members: list[Literal["local", "knn", "ridge", "frontier", "specialist"]] = Field(
+        default_factory=lambda: ["local", "frontier", "specialist"],
+        description="pricers combined when available (local: the calibrated offline model)",
     )
-    weights_file: str | None = Field(
-        None, description="fitted weights; null = DEALS_HOME/models/ensemble.json, else the bundled kNN+ridge fit"
+    weights_file: str | None = Field(None, description="fitted blend; null = DEALS_HOME/models/ensemble.json")
+    auto_fit: bool = Field(
+        True, description="fit a configured member no fitted blend uses on first use (else it is not called)"
     )
+    auto_fit_max_usd: float = Field(0.5, ge=0, description="most an automatic fit may spend on LLM members (USD)")
+    auto_fit_max_items: int = Field(300, ge=20, description="most items each non-local member prices for an automatic fit")
+    auto_fit_data: str | None = Field(None, description="priced file for automatic fits; null = the bundled validation split")
 
 
 class FeedSettings(Section):
@@ -176,16 +182,30 @@ class ScannerSettings(Section):
 class PlannerSettings(Section):
     concurrency: int = Field(4, ge=1, le=64, description="deals priced at once")
     min_discount_abs: float = Field(25.0, ge=0, description="an opportunity saves at least this many dollars ...")
-    min_discount_rel: float = Field(0.3, ge=0, lt=1, description="... AND at least this share of the estimate")
+    min_discount_rel: float = Field(0.3, ge=0, lt=1, description="... AND at least this share of what the product is worth")
+    confidence: float = Field(
+        0.55, gt=0, lt=1,
+        description="alert only when the offer is a real deal with at least this probability under the estimate's distribution",
+    )
+    deal_depth: tuple[float, float] = Field(
+        (0.4, 1.1), description="deals come at this range of fractions of a product's worth; a deeper 'saving' is judged an estimate error"
+    )
     max_deals_per_cycle: int = Field(100, ge=1, description="new deals priced per cycle at most (the rest wait)")
     max_pricing_attempts: int = Field(3, ge=1, le=100, description="pricing attempts per deal before it is given up")
+
+    @model_validator(mode="after")
+    def _check(self) -> PlannerSettings:
+        low, high = self.deal_depth
+        if not 0 < low < high <= 2:
+            raise ValueError("deal_depth must be two fractions with 0 < low < high <= 2")
+        return self
 
 
 class MessengerSettings(Section):
     to: list[str] = Field(default_factory=list, description="recipient phone numbers (E.164)")
     from_number: str | None = Field(None, description="Twilio sender number (E.164); TWILIO_FROM_NUMBER overrides")
     base_url: str | None = Field(None, description="Twilio API base URL (proxies, tests); null = https://api.twilio.com")
-    max_chars: int = Field(160, ge=40, le=1600, description="longest message sent (160 = one SMS)")
+    max_chars: int = Field(306, ge=70, le=1600, description="longest message sent (306 = two SMS segments, shown as one)")
     daily_cap: int = Field(10, ge=0, description="alerts sent per local day at most")
     quiet_start: str | None = Field(None, pattern=r"^\d\d:\d\d$", description="start of quiet hours (HH:MM), alerts wait until they end")
     quiet_end: str | None = Field(None, pattern=r"^\d\d:\d\d$", description="end of quiet hours (HH:MM)")

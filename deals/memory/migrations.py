@@ -175,6 +175,20 @@ def m005_pricing_attempts(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m006_estimate_intervals(db: sqlite3.Connection) -> None:
+    """Each estimate's interval and distribution, and the planner's decision with its reason."""
+    _run(
+        db,
+        "ALTER TABLE estimates ADD COLUMN low REAL",
+        "ALTER TABLE estimates ADD COLUMN high REAL",
+        "ALTER TABLE estimates ADD COLUMN interval_level REAL",
+        "ALTER TABLE estimates ADD COLUMN quantiles TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE estimates ADD COLUMN alert_below REAL",
+        "ALTER TABLE estimates ADD COLUMN decision TEXT",
+    )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

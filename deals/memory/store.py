@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from deals.framework import paths
 from deals.framework.errors import DealsError
-from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity, utcnow
+from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity, Quantile, utcnow
 from deals.memory.migrations import apply_migrations
 
 ALERT_STATES = ("queued", "sending", "sent", "failed", "skipped")
@@ -72,6 +72,9 @@ class HistoryRow(BaseModel):
     discount_rel: float
     url: str
     pricer: str | None = None
+    low: float | None = Field(None, description="lower end of the estimate's interval")
+    high: float | None = Field(None, description="upper end of the estimate's interval")
+    parts: dict[str, float] = Field(default_factory=dict, description="the members' estimates")
     alerts: dict[str, int] = Field(default_factory=dict, description="alert count per outbox state")
     alert_status: str = Field("none", description="e.g. 'sent 2' or 'queued 1, failed 1'")
 
@@ -317,15 +320,18 @@ class Store:
             row = db.execute("SELECT pricing_attempts FROM deals WHERE entry_key = ?", (deal_key,)).fetchone()
         return int(row[0]) if row else 0
 
-    def save_estimate(self, deal_key: str, estimate: Estimate) -> None:
-        """Store (or replace) the estimate of a stored deal."""
+    def save_estimate(
+        self, deal_key: str, estimate: Estimate, *, alert_below: float | None = None, decision: str | None = None
+    ) -> None:
+        """Store (or replace) the estimate of a stored deal, with the planner's decision if made."""
         with self.transaction() as db:
             if not db.execute("SELECT 1 FROM deals WHERE entry_key = ?", (deal_key,)).fetchone():
                 raise StoreError(f"save_estimate: no deal {deal_key!r} is stored; save_deal() first")
             db.execute(
-                """INSERT OR REPLACE INTO estimates (deal_key, pricer, price, parts, note, neighbours,
-                                                     excluded, tokens_in, tokens_out, cost_usd, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                """INSERT OR REPLACE INTO estimates (deal_key, pricer, price, parts, note, neighbours, excluded, tokens_in,
+                                                     tokens_out, cost_usd, created_at, low, high, interval_level,
+                                                     quantiles, alert_below, decision)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     deal_key,
                     estimate.pricer,
@@ -338,6 +344,12 @@ class Store:
                     estimate.tokens_out,
                     estimate.cost_usd,
                     self._now(),
+                    estimate.low,
+                    estimate.high,
+                    estimate.interval_level,
+                    json.dumps([q.model_dump() for q in estimate.quantiles]),
+                    alert_below,
+                    decision,
                 ),
             )
 
@@ -353,6 +365,10 @@ class Store:
             tokens_in=row["tokens_in"],
             tokens_out=row["tokens_out"],
             cost_usd=row["cost_usd"],
+            low=row["low"],
+            high=row["high"],
+            interval_level=row["interval_level"],
+            quantiles=[Quantile.model_validate(q) for q in json.loads(row["quantiles"] or "[]")],
         )
 
     def get_estimate(self, deal_key: str) -> Estimate | None:
@@ -413,7 +429,7 @@ class Store:
     def history(self, limit: int = 20) -> list[HistoryRow]:
         """The most recent opportunities, newest first, with their alert states."""
         rows = self._all(
-            """SELECT o.*, d.description, d.url, e.pricer,
+            """SELECT o.*, d.description, d.url, e.pricer, e.low, e.high, e.parts,
                       (SELECT group_concat(a.state) FROM alerts a WHERE a.opportunity_id = o.id) AS states
                FROM opportunities o JOIN deals d ON d.entry_key = o.deal_key
                LEFT JOIN estimates e ON e.deal_key = o.deal_key
@@ -435,6 +451,9 @@ class Store:
                     discount_rel=row["discount"] / row["estimate"] if row["estimate"] else 0.0,
                     url=row["url"],
                     pricer=row["pricer"],
+                    low=row["low"],
+                    high=row["high"],
+                    parts=json.loads(row["parts"]) if row["parts"] else {},
                     alerts={state: counts[state] for state in ALERT_STATES if counts[state]},
                     alert_status=summary,
                 )

@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "knn": "deals.pricer.knn",
     "constant": "deals.pricer.constant",
     "ridge": "deals.pricer.ridge",
+    "local": "deals.pricer.local",
 }
 
 

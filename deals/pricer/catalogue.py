@@ -31,6 +31,8 @@ STARTER_DIR = Path(__file__).resolve().parent.parent / "data" / "starter"
 STARTER_PRODUCTS = "products.jsonl.gz"
 STARTER_VECTORS = "embeddings.npy"
 STARTER_MANIFEST = "manifest.json"
+STARTER_LOCAL = "local.npz"
+STARTER_VALIDATION = "validation.jsonl.gz"
 
 
 def starter_manifest(directory: Path = STARTER_DIR) -> dict:

@@ -5,13 +5,22 @@ own neighbour), shows a progress bar, records one row per item and scores them w
 `deals.pricer.metrics`. A `DealsError` while pricing an item is a logged, counted failure,
 never the end of the run; any other exception is a bug and propagates.
 
+Beside accuracy it measures what users get: ALERTS. With the planner's own rule
+(`deals.pricer.alerts`, the configured thresholds and confidence) each item is offered at
+0.4 ... 1.1 times its true price; the report gives alert precision, recall, F1 and false
+alerts per 100 offers, overall and per price bucket, the same for a range of confidence
+settings (`alert_curve`), and how often the true price fell inside the estimates'
+intervals (`interval_coverage`; an 80% interval should cover 77-83%).
+
 Outputs, all built from `EvaluationReport`:
 
     render_table(reports)    rich table, one row per pricer (side by side)
     render_buckets(report)   rich table, one row per true-price bucket
+    render_alerts(report)    rich table: alert quality per true-price bucket
     write_report(reports, p) JSON, written atomically (format below)
     read_report(p)           the reports back from such a file
     plot(reports, p)         PNG: truth vs estimate, log-log, one panel per pricer
+    plot_alert_curve(reports, p)  PNG: alert precision against recall as the confidence varies
 
 JSON format of `write_report`: ONE report is written as the report object itself, with
 `pricer`, `n`, `mae`, `rmsle`, `hit_rate` at the top level. SEVERAL reports are written
@@ -56,15 +65,18 @@ from rich.table import Table
 from rich.text import Text
 
 from deals.framework.files import atomic_path, atomic_write_text
-from deals.framework.errors import DealsError, PricingError
+from deals.framework.errors import BudgetExhausted, DealsError, PricingError
 from deals.framework.models import Estimate, Product, utcnow
-from deals.framework.settings import EvaluationSettings
+from deals.framework.settings import EvaluationSettings, PlannerSettings
+from deals.pricer.alerts import AlertMetrics, AlertRule, alert_range, simulate_offers
 from deals.pricer.base import Pricer
 from deals.pricer.metrics import Metrics, Outcome, classify, compute_metrics
 
 log = logging.getLogger(__name__)
 
 COLOURS: dict[str, str] = {"hit": "#2ca02c", "near": "#ff8c00", "miss": "#d62728"}
+CURVE_CONFIDENCES: tuple[float, ...] = (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+LOW_CONFIDENCE_RATIO = 4.0  # an interval wider than this factor (high / low) flags the item
 
 
 class ItemResult(BaseModel):
@@ -77,6 +89,20 @@ class ItemResult(BaseModel):
     estimate: float
     error: float = Field(description="estimate - truth, USD")
     outcome: Outcome = Field(alias="class")
+    low: float | None = Field(None, description="lower end of the estimate's interval")
+    high: float | None = Field(None, description="upper end of the estimate's interval")
+    alert_below: float = Field(0.0, description="highest offer price at which the planner would alert (0: never)")
+    alert_from: float = Field(0.0, description="lowest offer price at which it would (deeper 'savings' are judged estimate errors)")
+
+
+class CurvePoint(BaseModel):
+    """Alert quality at one confidence setting."""
+
+    confidence: float
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    false_alerts_per_100: float
 
 
 class Failure(BaseModel):
@@ -106,6 +132,15 @@ class EvaluationReport(BaseModel):
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    alert_precision: float | None = Field(None, description="real deals among simulated alerts, at the configured confidence")
+    alert_recall: float | None = Field(None, description="real deals alerted")
+    alert_f1: float | None = None
+    alerts: AlertMetrics | None = Field(None, description="the simulated offers in full, per bucket too")
+    alert_rule: AlertRule | None = Field(None, description="the planner's rule the alerts were decided by")
+    alert_curve: list[CurvePoint] = Field(default_factory=list, description="alert quality as the confidence varies")
+    interval_level: float | None = Field(None, description="the coverage the intervals claim")
+    interval_coverage: float | None = Field(None, description="share of items whose true price lay in [low, high]")
+    low_confidence: int = Field(0, description="items whose interval spans more than a factor of 4 (high / low)")
     data_file: str | None = Field(None, description="where the items came from")
     settings: EvaluationSettings = Field(default_factory=EvaluationSettings)
     created_at: datetime = Field(default_factory=utcnow)
@@ -186,12 +221,15 @@ def evaluate(
     batch_size: int = 32,
     progress: bool = True,
     data_file: str | None = None,
+    rule: AlertRule | None = None,
 ) -> EvaluationReport:
     """Price the first `limit` items (default `settings.limit`, else all) and score the estimates.
 
     `data_file` names where the items came from in the report; by default the items'
-    distinct `source` values.
+    distinct `source` values. `rule`: the planner's alert rule (default: the default
+    planner settings).
     """
+    rule = rule or AlertRule.from_settings(PlannerSettings())
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     limit = settings.limit if limit is None else limit
@@ -201,6 +239,7 @@ def evaluate(
     label = name or getattr(pricer, "name", None) or type(pricer).__name__
 
     rows: list[ItemResult] = []
+    estimates: list[Estimate] = []
     failed: list[Failure] = []
     excluded = tokens_in = tokens_out = 0
     cost = 0.0
@@ -211,7 +250,8 @@ def evaluate(
             batch = chosen[start : start + batch_size]
             for item, result in zip(batch, _price_batch(pricer, batch), strict=True):
                 if isinstance(result, DealsError):
-                    log.warning("%s could not price %r: %s", label, item.title[:80], result)
+                    level = logging.DEBUG if isinstance(result, BudgetExhausted) else logging.WARNING
+                    log.log(level, "%s could not price %r: %s", label, item.title[:80], result)
                     failed.append(Failure(title=item.title, error=f"{type(result).__name__}: {result}"))
                     continue
                 rows.append(
@@ -221,8 +261,12 @@ def evaluate(
                         estimate=result.price,
                         error=result.price - item.price,
                         outcome=classify(item.price, result.price, settings),
+                        low=result.low,
+                        high=result.high,
+                        **_alert_range(result, rule),
                     )
                 )
+                estimates.append(result)
                 excluded += result.excluded
                 tokens_in += result.tokens_in
                 tokens_out += result.tokens_out
@@ -232,6 +276,7 @@ def evaluate(
 
     metrics = compute_metrics([r.truth for r in rows], [r.estimate for r in rows], settings) if rows else None
     report = EvaluationReport(
+        **alert_fields(rows, estimates, rule),
         pricer=label,
         n=len(rows),
         mae=metrics.mae if metrics else None,
@@ -255,6 +300,44 @@ def evaluate(
     return report
 
 
+def _alert_range(estimate: Estimate, rule: AlertRule) -> dict[str, float]:
+    low, high = alert_range(estimate, rule)
+    return {"alert_from": low, "alert_below": high}
+
+
+def alert_fields(rows: Sequence[ItemResult], estimates: Sequence[Estimate], rule: AlertRule) -> dict[str, Any]:
+    """The alert and interval fields of a report, from its rows and the estimates behind them."""
+    if not rows:
+        return {"alert_rule": rule}
+    truths = [r.truth for r in rows]
+    alerts = simulate_offers(truths, estimates, rule)
+    curve = []
+    for confidence in CURVE_CONFIDENCES:
+        varied = rule.model_copy(update={"confidence": confidence})
+        point = simulate_offers(truths, estimates, varied)
+        curve.append(
+            CurvePoint(
+                confidence=confidence, precision=point.precision, recall=point.recall, f1=point.f1,
+                false_alerts_per_100=point.false_alerts_per_100,
+            )  # fmt: skip
+        )
+    with_interval = [r for r in rows if r.low is not None and r.high is not None]
+    levels = {e.interval_level for e in estimates if e.interval_level is not None}
+    return {
+        "alert_precision": alerts.precision,
+        "alert_recall": alerts.recall,
+        "alert_f1": alerts.f1,
+        "alerts": alerts,
+        "alert_rule": rule,
+        "alert_curve": curve,
+        "interval_level": levels.pop() if len(levels) == 1 else None,
+        "interval_coverage": (
+            sum(1 for r in with_interval if r.low <= r.truth <= r.high) / len(with_interval) if with_interval else None  # type: ignore[operator]
+        ),
+        "low_confidence": sum(1 for r in with_interval if r.high > LOW_CONFIDENCE_RATIO * r.low),  # type: ignore[operator]
+    }
+
+
 def _log_summary(report: EvaluationReport) -> None:
     if report.metrics is None:
         log.error("%s priced none of %d items (%d failures)", report.pricer, report.attempted, report.failures)
@@ -263,6 +346,11 @@ def _log_summary(report: EvaluationReport) -> None:
             "%s: n=%d MAE $%.2f RMSLE %.3f hits %.1f%% failures %d (%.1f items/s)",
             report.pricer, report.n, report.metrics.mae, report.metrics.rmsle,
             100 * report.metrics.hit_rate, report.failures, report.items_per_s,
+        )  # fmt: skip
+    if report.alert_precision is not None or report.alert_recall is not None:
+        log.info(
+            "%s: alerts precision %s recall %s; interval coverage %s",
+            report.pricer, _pct(report.alert_precision), _pct(report.alert_recall), _pct(report.interval_coverage),
         )  # fmt: skip
     log.info("%s: %s", report.pricer, report.exclusion_note)
     if report.tokens_in or report.tokens_out or report.cost_usd:
@@ -285,12 +373,16 @@ def _money(value: float | None) -> str:
     return "-" if value is None else f"${value:,.2f}"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def render_table(reports: Sequence[EvaluationReport]) -> Table:
     """One row per pricer: n, MAE with its 95% CI, RMSLE, hit rate, failures, speed (and cost if any)."""
     show_cost = any(r.tokens_in or r.tokens_out or r.cost_usd for r in reports)
     table = Table(title="Pricer evaluation")
     table.add_column("Pricer", style="bold")
-    for column in ("n", "MAE (95% CI)", "RMSLE", "Hit %", "Failures", "Items/s"):
+    for column in ("n", "MAE (95% CI)", "RMSLE", "Hit %", "Alert P / R", "Interval cover", "Failures", "Items/s"):
         table.add_column(column, justify="right")
     if show_cost:
         table.add_column("Tokens in/out", justify="right")
@@ -305,13 +397,40 @@ def render_table(reports: Sequence[EvaluationReport]) -> Table:
             lo, hi = m.mae_ci95
             mae = f"{_money(m.mae)} ({_money(lo)}-{_money(hi)})"
             cells = [str(m.n), f"[green]{mae}[/]" if m.mae == best else mae, f"{m.rmsle:.3f}", f"{100 * m.hit_rate:.1f}"]
+        cover = "-" if report.interval_coverage is None else f"{_pct(report.interval_coverage)} of {_pct(report.interval_level)}"
+        cells += [f"{_pct(report.alert_precision)} / {_pct(report.alert_recall)}", cover]
         cells += [str(report.failures), f"{report.items_per_s:,.1f}"]
         if show_cost:
             cells += [f"{report.tokens_in:,}/{report.tokens_out:,}", f"${report.cost_usd:.4f}"]
         table.add_row(report.pricer, *cells)
     notes = [f"{r.pricer}: {r.exclusion_note}" for r in reports if r.excluded_neighbours]
+    rule = next((r.alert_rule for r in reports if r.alert_rule), None)
+    if rule is not None:
+        notes.append(
+            f"alerts: each item offered at 0.4-1.1 x its true price; the planner's rule (saves >= ${rule.min_abs:g} and "
+            f">= {rule.min_rel:.0%}, confidence {rule.confidence:g}, deal depth {rule.deal_depth[0]:g}-{rule.deal_depth[1]:g})"
+        )
     if notes:
         table.caption = "\n".join(notes)
+    return table
+
+
+def render_alerts(report: EvaluationReport) -> Table:
+    """One row per bucket of the true price: real deals alerted, false alerts, missed, precision, recall."""
+    table = Table(title=f"{report.pricer}: alerts by true price")
+    table.add_column("True price", style="bold")
+    for column in ("n", "True alerts", "False alerts", "Missed", "Precision", "Recall"):
+        table.add_column(column, justify="right")
+    if report.alerts is None:
+        return table
+    for b in report.alerts.buckets:
+        table.add_row(b.bucket, str(b.n), str(b.true_alerts), str(b.false_alerts), str(b.missed), _pct(b.precision), _pct(b.recall))
+    a = report.alerts
+    table.add_row(
+        "all", str(report.n), str(a.true_alerts), str(a.false_alerts), str(a.real_deals - a.true_alerts),
+        _pct(a.precision), _pct(a.recall), style="bold",
+    )  # fmt: skip
+    table.caption = f"F1 {_pct(a.f1)}; {a.false_alerts_per_100:.2f} false alerts per 100 offers"
     return table
 
 
@@ -434,14 +553,51 @@ def plot(reports: Sequence[EvaluationReport] | EvaluationReport, path: str | os.
     return target
 
 
+def plot_alert_curve(reports: Sequence[EvaluationReport] | EvaluationReport, path: str | os.PathLike[str]) -> Path:
+    """Write a PNG of alert precision against recall as the confidence setting varies; returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if isinstance(reports, EvaluationReport):
+        reports = [reports]
+    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for report in reports:
+        points = [p for p in report.alert_curve if p.precision is not None and p.recall is not None]
+        if not points:
+            continue
+        line = ax.plot([100 * p.recall for p in points], [100 * p.precision for p in points], marker="o", label=report.pricer)
+        for p in points[:: max(1, len(points) // 6)]:
+            ax.annotate(f"{p.confidence:g}", (100 * p.recall, 100 * p.precision), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if report.alert_precision is not None and report.alert_recall is not None:
+            ax.plot([100 * report.alert_recall], [100 * report.alert_precision], marker="*", markersize=16, color=line[0].get_color())
+    ax.set_xlabel("recall: real deals alerted (%)")
+    ax.set_ylabel("precision: alerts that are real deals (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.grid(True, color="0.9")
+    ax.set_title("Alert quality as planner.confidence varies (star: configured)", fontsize=11)
+    if any(r.alert_curve for r in reports):
+        ax.legend(loc="lower left", fontsize=9)
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return target
+
+
 __all__ = [
+    "CurvePoint",
     "EvaluationReport",
     "Failure",
     "ItemResult",
     "compare",
     "evaluate",
+    "alert_fields",
     "plot",
+    "plot_alert_curve",
     "read_report",
+    "render_alerts",
     "render_buckets",
     "render_table",
     "report_json",

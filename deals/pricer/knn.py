@@ -19,6 +19,7 @@ import numpy as np
 
 from deals.framework.models import Estimate, Neighbour, text_key
 from deals.pricer.base import Pricer, clamp, register
+from deals.pricer.intervals import with_residual_interval
 
 if TYPE_CHECKING:
     from deals.framework.settings import KnnSettings, PricingSettings, Settings
@@ -58,6 +59,8 @@ class KnnPricer(Pricer):
         self.encoder = encoder
         self.knn = knn
         self.pricing = pricing
+        # The shipped interval was measured for the default settings only.
+        self._calibrated = (knn.k, knn.weighting, knn.temperature) == (10, "softmax", 0.05)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, progress: bool = True) -> KnnPricer:
@@ -89,14 +92,13 @@ class KnnPricer(Pricer):
         estimates = []
         for neighbours, excluded in self.neighbours(descriptions, exclude_exact=exclude_exact):
             value = combine(neighbours, self.knn.weighting, self.knn.temperature)
-            estimates.append(
-                Estimate(
-                    price=round(clamp(value, self.pricing.min_estimate, self.pricing.max_estimate), 2),
-                    pricer=self.name,
-                    neighbours=neighbours,
-                    excluded=excluded,
-                )
+            estimate = Estimate(
+                price=round(clamp(value, self.pricing.min_estimate, self.pricing.max_estimate), 2),
+                pricer=self.name,
+                neighbours=neighbours,
+                excluded=excluded,
             )
+            estimates.append(with_residual_interval(estimate, self.name, self.pricing) if self._calibrated else estimate)
         return estimates
 
     def price(self, description: str, *, exclude_exact: bool = False) -> Estimate:

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from deals.framework.errors import ConfigError, LLMError, LLMOutputError
 from deals.framework.llm.costs import ModelPrice, estimate_cost
 from deals.framework.llm.parsing import NotParseable, coerce, validation_summary
+from deals.framework.llm.usage import METER
 from deals.framework.settings import LLMSettings
 
 log = logging.getLogger("deals.framework.llm")
@@ -171,14 +172,22 @@ class LLMClient:
         """Run one call; SDK errors and malformed replies become LLMError, usage is logged."""
         start = time.monotonic()
         try:
-            result = method(*args)
-        except (openai.OpenAIError, anthropic.AnthropicError) as exc:
-            raise LLMError(self._describe(exc)) from None
-        except ValidationError as exc:  # a reply too malformed for the SDK's own models
-            raise self._output_error(f"malformed reply: {validation_summary(exc)}", 0, 0) from None
-        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # not JSON, or odd JSON
-            log.debug("%s: malformed reply", self.model, exc_info=True)
-            raise self._output_error(f"malformed reply ({type(exc).__name__}: {exc})", 0, 0) from None
+            try:
+                result = method(*args)
+            except (openai.OpenAIError, anthropic.AnthropicError) as exc:
+                raise LLMError(self._describe(exc)) from None
+            except ValidationError as exc:  # a reply too malformed for the SDK's own models
+                raise self._output_error(f"malformed reply: {validation_summary(exc)}", 0, 0) from None
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # not JSON, or odd JSON
+                log.debug("%s: malformed reply", self.model, exc_info=True)
+                raise self._output_error(f"malformed reply ({type(exc).__name__}: {exc})", 0, 0) from None
+        except LLMOutputError as exc:
+            METER.add(tokens_in=exc.tokens_in, tokens_out=exc.tokens_out, cost_usd=exc.cost_usd, ok=False)
+            raise
+        except LLMError:
+            METER.add(ok=False)
+            raise
+        METER.add(tokens_in=result.tokens_in, tokens_out=result.tokens_out, cost_usd=result.cost_usd)
         result.duration_s = round(time.monotonic() - start, 3)
         log.debug(
             "%s %s (%s): %d tokens in, %d out, ~$%.6f, %.2fs",

@@ -1,0 +1,83 @@
+"""Predictive distributions on estimates: from log-price quantiles to `Estimate` fields.
+
+    with_quantiles(estimate, levels, log_quantiles, settings)   -> a copy carrying the
+        distribution, its median as the price and the interval at `pricing.interval_level`
+    quantile_at(levels, log_quantiles, level)                   -> one level, interpolated
+    residual_quantiles(pricer)                                  -> the shipped validation
+        residuals of a pricer that has no distribution of its own (kNN, ridge): its estimate
+        times exp(residual quantile) is a split-conformal interval
+
+Every pricer that knows how sure it is goes through `with_quantiles`, so intervals mean
+the same everywhere: on held-out new products, deal-like prices, the true price falls in
+[low, high] `interval_level` of the time.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from deals.framework.models import Estimate, Quantile
+
+if TYPE_CHECKING:
+    from deals.framework.settings import PricingSettings
+
+
+def quantile_at(levels: Sequence[float], log_quantiles: Sequence[float], level: float) -> float:
+    """The log price at `level`, linear between the given levels, clamped at the ends."""
+    return float(np.interp(level, np.asarray(levels, dtype=np.float64), np.asarray(log_quantiles, dtype=np.float64)))
+
+
+def with_quantiles(
+    estimate: Estimate, levels: Sequence[float], log_quantiles: Sequence[float], pricing: PricingSettings, *, set_price: bool = True
+) -> Estimate:
+    """`estimate` with the distribution given by `log_quantiles` (ascending) at `levels`.
+
+    Prices are clamped to the sane range; with `set_price` the point estimate becomes the
+    median.
+    """
+    low_bound, high_bound = pricing.min_estimate, pricing.max_estimate
+    logs = np.maximum.accumulate(np.asarray(log_quantiles, dtype=np.float64))
+    prices = np.clip(np.exp(np.minimum(logs, 50.0)), low_bound, high_bound)
+    quantiles = [Quantile(level=float(lv), price=round(float(p), 2)) for lv, p in zip(levels, prices, strict=True)]
+    half = pricing.interval_level / 2
+    update = {
+        "quantiles": quantiles,
+        "low": round(float(np.clip(np.exp(quantile_at(levels, logs, 0.5 - half)), low_bound, high_bound)), 2),
+        "high": round(float(np.clip(np.exp(quantile_at(levels, logs, 0.5 + half)), low_bound, high_bound)), 2),
+        "interval_level": pricing.interval_level,
+    }
+    if set_price:
+        update["price"] = round(float(np.clip(np.exp(quantile_at(levels, logs, 0.5)), low_bound, high_bound)), 2)
+    return estimate.model_copy(update=update)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_residuals() -> dict[str, list[float]]:
+    from deals.pricer.catalogue import starter_manifest
+
+    return dict(starter_manifest().get("residual_quantiles") or {})
+
+
+def residual_quantiles(pricer: str) -> tuple[list[float], list[float]] | None:
+    """(levels, log residual quantiles) measured for `pricer` on the shipped validation split, if any."""
+    table = _shipped_residuals()
+    if pricer not in table or "levels" not in table:
+        return None
+    return list(table["levels"]), list(table[pricer])
+
+
+def with_residual_interval(estimate: Estimate, pricer: str, pricing: PricingSettings) -> Estimate:
+    """`estimate` with the split-conformal distribution of `pricer` around it (unchanged when none is known)."""
+    known = residual_quantiles(pricer)
+    if known is None:
+        return estimate
+    levels, residuals = known
+    centre = float(np.log(estimate.price))
+    return with_quantiles(estimate, levels, [centre + r for r in residuals], pricing, set_price=False)
+
+
+__all__ = ["quantile_at", "residual_quantiles", "with_quantiles", "with_residual_interval"]
