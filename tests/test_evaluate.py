@@ -319,3 +319,61 @@ def test_plot_writes_a_png_with_one_panel_per_pricer(products: list[Product], tm
     height2, width2, _ = imread(double).shape
     assert height1 == height2 and width2 > 1.8 * width1
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["two.png"]
+
+
+# --------------------------------------------------------------------------- alerts and intervals
+
+
+class SpreadPricer(Pricer):
+    """The true price (read from a table) times a fixed error, with a log-normal distribution of width `sigma`."""
+
+    name = "spread"
+
+    def __init__(self, truths: dict[str, float], error: float, sigma: float) -> None:
+        self.truths, self.error, self.sigma = truths, error, sigma
+
+    def price(self, description: str, *, exclude_exact: bool = False) -> Estimate:
+        import math
+
+        from scipy.stats import norm
+
+        from deals.framework.models import Quantile
+        from deals.pricer.local_fit import QUANTILE_LEVELS
+
+        median = self.truths[description] * self.error
+        quantiles = [Quantile(level=q, price=median * math.exp(self.sigma * norm.ppf(q))) for q in QUANTILE_LEVELS]
+        return Estimate(price=median, pricer=self.name, quantiles=quantiles, low=quantiles[1].price, high=quantiles[-2].price, interval_level=0.8)
+
+
+def test_alert_quality_and_interval_coverage_are_reported(tmp_path: Path) -> None:
+    from deals.pricer.alerts import AlertRule, alerts_at
+    from deals.pricer.evaluate import plot_alert_curve, render_alerts
+
+    items = [Product(title=f"item {i}", text=f"item {i}", price=p) for i, p in enumerate([15, 40, 80, 150, 260, 420, 700, 950] * 3)]
+    truths = {p.text: p.price for p in items}
+    rule = AlertRule()
+    right = evaluate(SpreadPricer(truths, 1.0, 0.15), items, SETTINGS, progress=False, rule=rule)
+    high = evaluate(SpreadPricer(truths, 1.6, 0.15), items, SETTINGS, progress=False, rule=rule)
+    assert right.alert_precision == 1.0 and right.alert_recall > 0.5  # sure and right: every alert real
+    assert high.alert_precision < right.alert_precision and high.alerts.false_alerts > 0  # overestimates alert falsely
+    assert right.interval_coverage == 1.0 and right.interval_level == 0.8 and high.interval_coverage == 0.0
+    assert right.alert_f1 == pytest.approx(2 * right.alert_precision * right.alert_recall / (right.alert_precision + right.alert_recall))
+    row = right.rows[3]
+    estimate = SpreadPricer(truths, 1.0, 0.15).price(items[3].text)
+    assert row.low == estimate.low and row.high == estimate.high and row.alert_below > 0
+    assert alerts_at(estimate, [row.alert_below], rule)[0] and not alerts_at(estimate, [row.alert_below * 1.01], rule)[0]
+    assert [p.confidence for p in right.alert_curve] == sorted(p.confidence for p in right.alert_curve)
+    recalls = [p.recall for p in right.alert_curve]
+    assert recalls == sorted(recalls, reverse=True)  # more confidence, fewer alerts
+
+    data = json.loads(write_report([right, high], tmp_path / "r.json").read_text())
+    for key in ("alert_precision", "alert_recall", "alert_f1", "alert_curve", "interval_coverage"):
+        assert key in data, key
+    assert {"low", "high", "alert_below"} <= set(data["rows"][0])
+    assert read_report(tmp_path / "r.json")[1].alert_precision == high.alert_precision
+    png = plot_alert_curve([right, high], tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and imread(png).shape[1] > 400
+    table = render_alerts(right)
+    assert table.row_count == len(right.alerts.buckets) + 1
+    Console(file=open(tmp_path / "t.txt", "w"), width=140).print(render_table([right, high]))
+    assert "Alert P / R" in (tmp_path / "t.txt").read_text()

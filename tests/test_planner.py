@@ -336,3 +336,45 @@ def test_alerts_left_pending_by_an_earlier_cycle_go_out_even_without_new_deals(s
     report = rig.planner.run_cycle(urls)
     assert report.deals == 0 and report.opportunities == 0 and report.alerts_sent == 1
     assert len(rig.alerts_printed()) == 9
+
+
+class LLMPricer(Pricer):
+    """Asks a real LLM client (through the real SDK, to a fake server) for every price, as the frontier does."""
+
+    name = "test-llm"
+
+    def __init__(self, llm) -> None:  # type: ignore[no-untyped-def]
+        self.llm = llm
+
+    def price(self, description: str, *, exclude_exact: bool = False) -> Estimate:
+        from pydantic import BaseModel
+
+        class Answer(BaseModel):
+            price: float
+
+        result = self.llm.structured("price it", description, Answer)
+        return Estimate(price=result.value.price, pricer=self.name, tokens_in=result.tokens_in, cost_usd=result.cost_usd)
+
+
+def test_the_cycle_counts_every_llm_call_whichever_agent_made_it(store, urls, monkeypatch):
+    from deals.framework.llm import LLMClient
+    from deals.framework.settings import LLMSettings
+    from tests.fakes.llm_server import FakeLLMServer, answer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-planner")
+    settings = Settings()  # the scanner works by rules: its LLM calls are zero, the pricer's are all of them
+    with FakeLLMServer(answer({"price": 500.0}, tokens_in=400, tokens_out=5)) as server:
+        llm = LLMClient.from_settings(LLMSettings(provider="openai", base_url=f"{server.url}/v1", max_retries=0))
+        messenger = Messenger(settings, store, notifier=ConsoleNotifier(io.StringIO()))
+        planner = Planner(
+            settings, store, reader=RssReader(settings), scanner=Scanner(settings), pricer=LLMPricer(llm), messenger=messenger
+        )
+        try:
+            report = planner.run_cycle(urls)
+        finally:
+            llm.close()
+        calls = len(server.requests)
+    assert report.priced == 8 and calls == 8
+    assert report.llm_calls == calls and report.tokens_in == 400 * calls and report.cost_usd > 0
+    assert store.recent_runs(1)[0].stats["llm_calls"] == calls
+    assert f"LLM {calls} calls" in report.summary()

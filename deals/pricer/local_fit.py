@@ -24,11 +24,14 @@ features come from the kNN and ridge of the other folds.
 $174) and the 67 real DealNews deals in the shared data (median $240, a few above
 $1,000). This is the prior the model's estimates and intervals are calibrated for.
 
-**Recalibration.** Quantile trees fitted on catalogue rows are too narrow for new
-products (the calibration rows have no near-copy in the catalogue). On a held-out
-calibration split, with serving-time features (the whole catalogue as neighbours), each
-level gets the shift that makes its weighted coverage equal to tau (split-conformal per
-level); the shifts are saved with the trees.
+**Recalibration.** Quantile trees fitted on all catalogue rows are too narrow for new
+products (most catalogue rows have a near relative; a deal's product often has none).
+The catalogue products that have no near-copy (`recalibrate_on`) get their quantiles
+out of fold: trees fitted without their fold, on features made without it. Each level
+gets the shift that makes its deal-weighted coverage of them equal to tau
+(cross-conformal per level); the shifts are saved with the trees. Using the catalogue's
+own new-looking products (~2,900) rather than a separate split keeps them in the
+catalogue, where they widen what kNN and ridge know.
 """
 
 from __future__ import annotations
@@ -195,14 +198,14 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> flo
 
 
 def out_of_fold_features(
-    catalogue: Sequence[Product], vectors: np.ndarray, *, fingerprint: str, folds: int = 5, seed: int = 0, progress: bool = True
+    catalogue: Sequence[Product], vectors: np.ndarray, *, fingerprint: str, fold: np.ndarray, progress: bool = True
 ) -> np.ndarray:
     """Features of every catalogue product made without its own fold (see the module docstring)."""
     from deals.pricer.ridge import RidgeModel
 
     texts = [p.text for p in catalogue]
     prices = np.array([p.price for p in catalogue])
-    fold = group_folds(duplicate_groups(vectors), folds, seed)
+    folds = int(fold.max()) + 1
     X = np.full((len(catalogue), len(FEATURE_NAMES)), np.nan)
     with _progress(progress) as bar:
         task = bar.add_task("member features out of fold", total=folds)
@@ -217,68 +220,93 @@ def out_of_fold_features(
     return X
 
 
+def _quantile_forests(X: np.ndarray, y: np.ndarray, weights: np.ndarray, seed: int) -> list[Forest]:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    return [
+        Forest.from_sklearn(
+            HistGradientBoostingRegressor(loss="quantile", quantile=level, random_state=seed, **TREE_PARAMS).fit(X, y, sample_weight=weights)
+        )
+        for level in QUANTILE_LEVELS
+    ]
+
+
 def fit_local_model(
     catalogue: Sequence[Product],
     vectors: np.ndarray,
-    calibration: Sequence[Product],
-    calibration_vectors: np.ndarray,
     *,
     fingerprint: str,
+    recalibrate_on: np.ndarray,
+    validation: Sequence[Product] = (),
+    validation_vectors: np.ndarray | None = None,
     folds: int = 5,
     seed: int = 0,
     progress: bool = True,
 ) -> LocalModel:
-    """Fit the quantile trees on the catalogue (out of fold) and recalibrate them on `calibration`."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    """Fit the quantile trees on the catalogue (out of fold) and recalibrate them.
 
-    from deals.pricer.ridge import RidgeModel
-
-    if len(catalogue) != len(vectors) or len(calibration) != len(calibration_vectors):
+    `recalibrate_on`: a boolean mask of the catalogue products that stand for new ones
+    (no near-copy in the catalogue). Their quantiles are predicted out of fold (trees
+    fitted without their fold, on features made without it) and each level is shifted
+    to cover its share of them, deal-weighted. `validation` (held out, optional) is only
+    scored: its coverage per level goes into the model's metadata.
+    """
+    if len(catalogue) != len(vectors):
         raise ValueError("one vector per product is needed")
-    if len(calibration) < 50:
-        raise ValueError(f"calibration needs at least 50 priced products, got {len(calibration)}")
+    mask = np.asarray(recalibrate_on, dtype=bool)
+    if mask.shape != (len(catalogue),) or mask.sum() < 50:
+        raise ValueError(f"recalibration needs at least 50 products marked in recalibrate_on, got {int(mask.sum())}")
     prices = np.array([p.price for p in catalogue])
-    X = out_of_fold_features(catalogue, vectors, fingerprint=fingerprint, folds=folds, seed=seed, progress=progress)
+    fold = group_folds(duplicate_groups(vectors), folds, seed)
+    X = out_of_fold_features(catalogue, vectors, fingerprint=fingerprint, fold=fold, progress=progress)
     y = np.log(prices)
     weights = deal_prior_weights(prices)
-    forests = []
+    raw = np.full((len(catalogue), len(QUANTILE_LEVELS)), np.nan)
     with _progress(progress) as bar:
-        task = bar.add_task("quantile trees", total=len(QUANTILE_LEVELS))
-        for level in QUANTILE_LEVELS:
-            model = HistGradientBoostingRegressor(loss="quantile", quantile=level, random_state=seed, **TREE_PARAMS)
-            forests.append(Forest.from_sklearn(model.fit(X, y, sample_weight=weights)))
+        task = bar.add_task("quantile trees (out of fold, then all)", total=folds + 1)
+        for k in range(folds):
+            test = (fold == k) & mask
+            train = fold != k
+            if test.any():
+                forests = _quantile_forests(X[train], y[train], weights[train], seed)
+                raw[test] = np.column_stack([f.predict(X[test]) for f in forests])
             bar.advance(task)
-    model = LocalModel(levels=QUANTILE_LEVELS, forests=forests, shifts=np.zeros(len(QUANTILE_LEVELS)))
-
-    # Recalibration on held-out products, with the features serving will compute.
-    ridge = RidgeModel.fit([p.text for p in catalogue], prices, vectors, fingerprint=fingerprint)
-    cal_prices = np.array([p.price for p in calibration])
-    cal_texts = [p.text for p in calibration]
-    sims, index = exact_neighbours(calibration_vectors, vectors, K_NEIGHBOURS)
-    Xc = member_features(cal_texts, sims, prices[index], ridge.predict_log(cal_texts, calibration_vectors))
-    raw = np.column_stack([forest.predict(Xc) for forest in forests])
+        forests = _quantile_forests(X, y, weights, seed)
+        bar.advance(task)
+    cal_prices = prices[mask]
     cal_weights = deal_prior_weights(cal_prices)
-    residual = np.log(cal_prices)[:, None] - raw
-    model.shifts = np.array([_weighted_quantile(residual[:, j], cal_weights, level) for j, level in enumerate(QUANTILE_LEVELS)])
-    quantiles = model.predict(Xc)
-    coverage = {
-        f"{level:g}": round(float(np.sum(cal_weights * (np.log(cal_prices) <= quantiles[:, j])) / cal_weights.sum()), 4)
-        for j, level in enumerate(QUANTILE_LEVELS)
-    }
+    residual = y[mask][:, None] - raw[mask]
+    shifts = np.array([_weighted_quantile(residual[:, j], cal_weights, level) for j, level in enumerate(QUANTILE_LEVELS)])
+    model = LocalModel(levels=QUANTILE_LEVELS, forests=forests, shifts=shifts)
     model.meta = {
         "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": fingerprint,
         "catalogue_products": len(catalogue),
         "catalogue_sha256": catalogue_digest(catalogue),
-        "calibration_products": len(calibration),
+        "recalibrated_on": int(mask.sum()),
         "folds": folds,
         "seed": seed,
         "tree_params": TREE_PARAMS,
         "deal_price_shares": DEAL_PRICE_SHARES,
-        "shifts": [round(float(s), 4) for s in model.shifts],
-        "calibration_coverage": coverage,
+        "shifts": [round(float(v), 4) for v in shifts],
     }
-    log.info("local model fitted: %d catalogue products, recalibrated on %d (shifts %s)", len(catalogue), len(calibration), model.meta["shifts"])
+    if len(validation):
+        if validation_vectors is None or len(validation_vectors) != len(validation):
+            raise ValueError("one vector per validation product is needed")
+        from deals.pricer.ridge import RidgeModel
+
+        ridge = RidgeModel.fit([p.text for p in catalogue], prices, vectors, fingerprint=fingerprint)
+        val_prices = np.array([p.price for p in validation])
+        val_texts = [p.text for p in validation]
+        sims, index = exact_neighbours(validation_vectors, vectors, K_NEIGHBOURS)
+        quantiles = model.predict(member_features(val_texts, sims, prices[index], ridge.predict_log(val_texts, validation_vectors)))
+        val_weights = deal_prior_weights(val_prices)
+        model.meta["validation_products"] = len(validation)
+        model.meta["validation_coverage"] = {
+            f"{level:g}": round(float(val_weights @ (np.log(val_prices) <= quantiles[:, j]) / val_weights.sum()), 4)
+            for j, level in enumerate(QUANTILE_LEVELS)
+        }
+    log.info("local model fitted on %d catalogue products, recalibrated on %d (shifts %s)", len(catalogue), int(mask.sum()), model.meta["shifts"])
     return model
 
 
