@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TextIO
 
-from deals.framework.errors import NotifyError, PermanentNotifyError, TransientNotifyError
-from deals.framework.settings import MessengerSettings
+from deals.framework.errors import ConfigError, NotifyError, PermanentNotifyError, TransientNotifyError
+from deals.framework.settings import MessengerSettings, e164
 
 log = logging.getLogger("deals.agents.messenger")
 
@@ -241,10 +241,16 @@ def build_notifier(
             logger,
         )
         return ConsoleNotifier()
+    sender = environ.get(FROM_ENV) or settings.from_number or ""
+    if environ.get(FROM_ENV):
+        try:
+            sender = e164(sender)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {FROM_ENV}: {exc}") from None
     return TwilioNotifier(
         environ[SID_ENV],
         environ[TOKEN_ENV],
-        environ.get(FROM_ENV) or settings.from_number or "",
+        sender,
         base_url=settings.base_url,
         timeout_s=timeout_s,
     )

@@ -175,6 +175,25 @@ def m005_pricing_attempts(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m006_send_attempts(db: sqlite3.Connection) -> None:
+    """Every attempt to hand an alert to the provider, so that a duplicate SMS is never invisible."""
+    _run(
+        db,
+        """CREATE TABLE sends (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alert_id INTEGER NOT NULL REFERENCES alerts(id) ON DELETE CASCADE,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            outcome TEXT NOT NULL DEFAULT 'pending',
+            provider_id TEXT,
+            error TEXT,
+            pid INTEGER
+        )""",
+        "CREATE INDEX sends_alert ON sends(alert_id)",
+    )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
