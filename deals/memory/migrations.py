@@ -194,6 +194,24 @@ def m006_send_attempts(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m007_dedupe_keys(db: sqlite3.Connection) -> None:
+    """Seen entries under the new dedupe key as well (http/https, www. and a trailing slash ignored).
+
+    Entries seen before keep matching, so nothing already seen (and texted) comes back as new.
+    """
+    from deals.framework.urls import dedupe_key
+
+    rows = db.execute("SELECT key, feed_url, first_seen FROM seen_entries WHERE key LIKE 'http%'").fetchall()
+    added = []
+    for key, feed_url, first_seen in rows:
+        try:
+            added.append((dedupe_key(key), feed_url, first_seen))
+        except ValueError:
+            continue
+    db.executemany("INSERT OR IGNORE INTO seen_entries (key, feed_url, first_seen) VALUES (?, ?, ?)", added)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
