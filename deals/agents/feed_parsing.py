@@ -205,7 +205,9 @@ class ParsedFeed(BaseModel):
     skipped: int = Field(0, description="entries dropped because they had no usable link/guid or title")
 
 
-def _raw_items(content: bytes) -> tuple[list[dict[str, tuple[str, dict[str, str]]]], dict[str, str]] | None:
+def _raw_items(
+    content: bytes, encoding: str | None = None
+) -> tuple[list[dict[str, tuple[str, dict[str, str]]]], dict[str, str]] | None:
     """Direct children of every <item>/<entry> as {tag: (text, attrs)}, and the root's xmlns map.
 
     Expat without namespace processing: prefixed names stay as written, so a wrapper that
@@ -245,12 +247,14 @@ def _raw_items(content: bytes) -> tuple[list[dict[str, tuple[str, dict[str, str]
         if child is not None:
             text.append(data)
 
-    parser = expat.ParserCreate()
+    parser = expat.ParserCreate(encoding)
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = chars
     try:
         parser.Parse(content, True)
+    except LookupError:  # an encoding Python does not know: read it as UTF-8, as feedparser does
+        return None if encoding else _raw_items(content, "utf-8")
     except (expat.ExpatError, ValueError):
         return None
     return items, namespaces
