@@ -6,7 +6,7 @@ titles, hyperlinks, clearing the screen), bidi overrides reorder what the user r
 (a price or a link that is not what it looks like), and `[red]...[/red]` is markup to
 rich, which crashes on a stray `[/red]`.
 
-    strip_controls(text)    C0/C1 control characters (ESC starts every escape sequence)
+    strip_controls(text)    ANSI/OSC escape sequences, other C0/C1 control characters
                             and the Unicode bidi embedding/override/isolate marks
                             removed; newlines and tabs kept unless `keep_newlines=False`
     plain(text)             a rich `Text` of the stripped text: never parsed as markup,
@@ -26,6 +26,8 @@ import re
 from rich.markup import escape
 from rich.text import Text
 
+# whole escape sequences first (CSI "ESC [ ... final", OSC "ESC ] ... BEL|ST", 8-bit CSI), then lone controls
+_SEQUENCES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x9b[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f"
 _BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 _UNSAFE = re.compile(f"[{_CONTROLS}{_BIDI}]")
@@ -36,9 +38,10 @@ def strip_controls(text: str, *, keep_newlines: bool = True) -> str:
     """`text` without control characters and bidi controls (newlines and tabs kept unless told)."""
     if not text:
         return text
+    text = _SEQUENCES.sub("", text.replace("\r\n", "\n"))
     if keep_newlines:
-        return _UNSAFE.sub("", text.replace("\r\n", "\n"))
-    return _UNSAFE_LINES.sub(" ", text.replace("\r\n", "\n")).replace("  ", " ")
+        return _UNSAFE.sub("", text)
+    return _UNSAFE_LINES.sub(" ", text).replace("  ", " ")
 
 
 def plain(text: object) -> Text:
