@@ -33,15 +33,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-SOURCES = ("dealnews-recent-2026-10.xml", "techbargains-2026-10.xml", "dealnews-roundups-2026-10.xml")
+SOURCES = ("dealnews-recent-2026-10.xml", "techbargains-2026-10.xml")  # single-product deals, mostly
 RECIPIENT = "+15551110001"
 SENDER = "+15550000000"
 _ITEM = re.compile(rb"<item>.*?</item>", re.S)
 _ID = re.compile(rb"(<(?:guid|link)[^>]*>\s*)(https?://[^<?\s]+)")
+_TITLE = re.compile(rb"(<title>)")
 
 
 def make_feeds(entries: int, run: str) -> list[bytes]:
-    """Two RSS documents holding `entries` items between them, copies of the fixture items with unique links."""
+    """Two RSS documents holding `entries` items between them: copies of the fixture items
+    with unique links and a lot number before the title (so each is a product of its own,
+    priced afresh rather than from the frontier's cache)."""
     from tests.fakes.daemon import FEEDS
 
     items: list[bytes] = []
@@ -50,7 +53,8 @@ def make_feeds(entries: int, run: str) -> list[bytes]:
     chosen = []
     for index in range(entries):
         item = items[index % len(items)]
-        chosen.append(_ID.sub(lambda m, i=index: m.group(1) + m.group(2) + f"/{run}-{i}".encode(), item))
+        item = _ID.sub(lambda m, i=index: m.group(1) + m.group(2) + f"/{run}-{i}".encode(), item)
+        chosen.append(_TITLE.sub(f"<title>Lot {index}: ".encode(), item, count=1))
     head = b'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0" xmlns:dealnews="https://www.dealnews.com/"><channel><title>bench</title>'
     half = (len(chosen) + 1) // 2
     return [head + b"".join(part) + b"</channel></rss>" for part in (chosen[:half], chosen[half:])]
@@ -172,12 +176,12 @@ def main() -> int:
         for concurrency in args.concurrency:
             console.print(f"{entries} entries, planner.concurrency={concurrency}, every LLM call {args.llm_delay_s:g}s ...")
             rows.append(one_cycle(entries, concurrency, args.llm_delay_s, seeded))
-    table = Table(title=f"one cycle, LLM answering each call in {args.llm_delay_s:g}s")
+    table = Table(title=f"one cycle, the LLM answering each call in {args.llm_delay_s:g}s")
     for column in rows[0]:
-        table.add_column(column, justify="right")
+        table.add_column(column.replace("_", " "), justify="right", overflow="fold")
     for row in rows:
         table.add_row(*(str(row[c]) for c in rows[0]))
-    console.print(table)
+    Console(width=160).print(table)
     return 0
 
 

@@ -223,7 +223,7 @@ def test_a_feed_that_trickles_its_headers_is_cut_off_at_the_deadline():
             started = time.monotonic()
             result = reader.read([server.url("/feed.xml")], {})
             elapsed = time.monotonic() - started
-    assert elapsed < 2.5, elapsed
+    assert elapsed < 5, elapsed  # the server would take over 30 s
     [feed] = result.feed_results
     assert feed.status == "error" and "timed out" in (feed.error or "")
 
@@ -236,7 +236,7 @@ def test_an_llm_that_trickles_its_reply_is_cut_off_at_the_deadline():
             started = time.monotonic()
             with pytest.raises(LLMError, match="timed out"):
                 client.text("system", "user")
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 5  # the server would take over 10 s
 
 
 def test_a_twilio_that_trickles_its_reply_is_a_transient_error_at_the_deadline():
@@ -247,7 +247,7 @@ def test_a_twilio_that_trickles_its_reply_is_a_transient_error_at_the_deadline()
         with pytest.raises(TransientNotifyError, match="timed out"):
             notifier.send(ALICE, "hello")
         notifier.close()
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 5  # the server would take over 10 s
 
 
 def test_a_page_that_trickles_is_skipped_at_the_deadline(feed_server):  # noqa: F811
@@ -260,7 +260,7 @@ def test_a_page_that_trickles_is_skipped_at_the_deadline(feed_server):  # noqa: 
         with RssReader(settings) as reader:
             started = time.monotonic()
             result = reader.read([url], {})
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 6  # the pages would take over 10 s each
     assert len(result.entries) == 3  # the pages were skipped, the entries kept
 
 
@@ -419,11 +419,11 @@ def test_a_feed_of_unclosed_comments_parses_in_linear_time():
     <link>https://shop.example/a</link><description>{body}</description></item></channel></rss>""".encode()
     started = time.monotonic()
     parsed = parse_feed(feed, feed_url="http://127.0.0.1/f")
-    assert time.monotonic() - started < 3.0  # 69 s with the html.parser tree
+    assert time.monotonic() - started < 10  # 69 s with the html.parser tree
     assert len(parsed.entries) == 1
     started = time.monotonic()
     page_text(b"<html><body>" + b"<!--" * 60_000)
-    assert time.monotonic() - started < 1.0  # 37 s before
+    assert time.monotonic() - started < 5  # 37 s before
 
 
 # =========================================================================== Medium 7: phone numbers, strings as strings

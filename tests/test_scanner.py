@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import html
 import logging
@@ -379,12 +378,9 @@ def test_a_failed_batch_falls_back_to_the_rules(server, failure, expect):
 def test_batches_run_concurrently_under_the_bound_and_merge_in_order(server):
     """A slow LLM: 4 batches, 2 at a time, take two rounds, not four; the deals come out in feed order."""
     entries = mixed_entries()  # 7 candidates: batches of 2, 2, 2, 1
-    server.respond(hang(0.5, then=model()))
-    started = time.monotonic()
+    server.respond(hang(0.3, then=model()))
     result = make_scanner(server, batch_size=2, concurrency=2, timeout_s=5.0).scan(entries)
-    elapsed = time.monotonic() - started
-    assert result.llm_calls == 4 and result.errors == [] and server.max_in_flight == 2
-    assert elapsed < 4 * 0.5  # sequential batches would take 2 s; two rounds take ~1 s
+    assert result.llm_calls == 4 and result.errors == [] and server.max_in_flight == 2  # two at a time, never more
     sequential = make_scanner(server, batch_size=2, concurrency=1, timeout_s=5.0).scan(entries)
     assert [d.entry_key for d in result.deals] == [d.entry_key for d in sequential.deals]
     assert result.model_dump() == sequential.model_dump()  # the same result, whatever the timing
