@@ -599,3 +599,11 @@ def store_sends_text(home: Path) -> list[dict]:
 
 def _entry(url: str, title: str) -> FeedEntry:
     return FeedEntry(key=url, feed_url="http://127.0.0.1/f", title=title, url=url, published=utcnow() - timedelta(hours=1))
+
+
+def test_a_damaged_vector_store_is_a_clear_error_not_a_chromadb_traceback(deals_home, capsys):
+    (deals_home / "vectors").mkdir()
+    (deals_home / "vectors" / "chroma.sqlite3").write_bytes(b"not a database" * 1000)
+    assert run_cli(["price", "USB-C cable", "--pricer", "knn"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot open the vector store" in err and "Traceback" not in err

@@ -91,6 +91,7 @@ class Orchestrator:
         self._signals_seen = 0
         self._scheduler: BackgroundScheduler | None = None
         self._watchdog: threading.Timer | None = None
+        self._running = False
 
     # ------------------------------------------------------------------ one cycle
 
@@ -119,6 +120,7 @@ class Orchestrator:
     def run_once(self) -> int:
         """One cycle now: exit status 0 when it ran to its end, 1 when it crashed or failed, 128+N after signal N."""
         deadline.allow_requests()
+        self._running = True
         try:
             with self._signal_handlers():
                 ok = self.run_cycle()
@@ -150,6 +152,7 @@ class Orchestrator:
         scheduler = self.build_scheduler()
         self._scheduler = scheduler
         deadline.allow_requests()
+        self._running = True
         with self._signal_handlers():
             scheduler.start()
             job = scheduler.get_job(JOB_ID)
@@ -174,7 +177,8 @@ class Orchestrator:
     def stop(self) -> None:
         """Ask the daemon to stop: requests in flight are cancelled, the running cycle ends at once."""
         self.stopping.set()
-        deadline.cancel_requests()
+        if self._running:  # the process-wide cancellation is this orchestrator's only while it runs
+            deadline.cancel_requests()
 
     # ------------------------------------------------------------------ internals
 
@@ -186,6 +190,7 @@ class Orchestrator:
             log.warning("a cycle missed its start time (system busy or suspended); it runs at the next tick")
 
     def _finish(self) -> None:
+        self._running = False
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
