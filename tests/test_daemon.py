@@ -316,3 +316,13 @@ def test_deals_run_stops_cleanly_on_sigterm_mid_cycle(tmp_path, tmp_path_factory
         assert [r.status for r in runs] == ["stopped"]  # closed, not left 'running'
         assert runs[0].stats["deals"] == 0 and store.unpriced_deals(100) == []  # the read step was abandoned whole
         assert store.feed_states() == []  # no validators saved: the next start reads every feed again
+
+
+def test_a_cycle_cancelled_by_shutdown_counts_as_stopped_not_crashed():
+    from deals.framework.errors import Cancelled
+
+    def cycle() -> None:
+        raise Cancelled("request cancelled: shutting down")
+
+    orchestrator = Orchestrator(cycle, fast(), install_signals=False)
+    assert orchestrator.run_once() == 0 and orchestrator.failures == 0

@@ -49,6 +49,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from deals.framework import deadline
+from deals.framework.errors import Cancelled
 from deals.framework.settings import SchedulerSettings
 
 log = logging.getLogger("deals.framework.orchestrator")
@@ -102,6 +103,10 @@ class Orchestrator:
         started = time.perf_counter()
         try:
             result = self.cycle()
+        except Cancelled:  # a cycle that does not handle shutdown itself: stopped, not crashed
+            self.cycles += 1
+            log.info("cycle stopped after %.2fs: shutting down", time.perf_counter() - started)
+            return True
         except Exception:  # noqa: BLE001 - a crashed cycle is logged; the daemon lives on
             self.cycles += 1
             self.failures += 1
