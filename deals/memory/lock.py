@@ -19,7 +19,6 @@ race each other through the alert outbox; the outbox claims alerts atomically as
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -77,6 +76,8 @@ class StoreLock:
         """Take the lock, or raise StoreLockedError naming its holder (with `wait`, wait for it)."""
         if self._fd is not None:
             return
+        import fcntl  # POSIX; imported here so that the CLI still loads where it is missing
+
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -118,6 +119,8 @@ class StoreLock:
         """Let go (the file stays; its content is stale until the next holder writes)."""
         if self._fd is None:
             return
+        import fcntl
+
         fd, self._fd = self._fd, None
         try:
             os.ftruncate(fd, 0)
