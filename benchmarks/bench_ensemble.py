@@ -2,10 +2,10 @@
 """Fit the ensemble on one held-out file and compare it with its members on others.
 
     python benchmarks/bench_ensemble.py
-    python benchmarks/bench_ensemble.py --members knn ridge specialist --specialist-adapter runs/pricer
+    python benchmarks/bench_ensemble.py --members local specialist --specialist-adapter runs/pricer
     python benchmarks/bench_ensemble.py --limit 200 --report reports/ensemble.json --plot reports/ensemble.png
 
-1. creates the members that run here (default: knn and ridge, plus the specialist when a
+1. creates the members that run here (default: local and ridge, plus the specialist when a
    trained adapter exists under DEALS_HOME/models/specialist or `--specialist-adapter`
    is given; frontier only if an LLM is configured: it costs money);
 2. `fit_from_file` on `--fit` (default data/eval/validation.jsonl): the members price
@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fit", type=Path, default=ROOT / "data" / "eval" / "validation.jsonl")
     parser.add_argument("--eval", type=Path, action="append", default=None, dest="evals")
-    parser.add_argument("--members", nargs="+", default=None, help="default: knn ridge specialist (specialist only with an adapter)")
+    parser.add_argument("--members", nargs="+", default=None, help="default: local, ridge, and the specialist when an adapter exists")
     parser.add_argument("--specialist-adapter", type=Path, default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N items of each file")
     parser.add_argument("--folds", type=int, default=5)
@@ -65,7 +65,7 @@ def main() -> None:
     from rich.console import Console
 
     import deals.agents  # noqa: F401 - registers the agent pricers
-    from deals.agents.ensemble import create_members, fit_from_file, weights_path
+    from deals.pricer.blend import create_members, fit_from_file, weights_path
     from deals.framework import paths
     from deals.framework.models import Estimate, text_key
     from deals.framework.settings import load_settings
@@ -79,7 +79,7 @@ def main() -> None:
         settings.specialist.adapter = str(args.specialist_adapter)
     names = args.members
     if names is None:
-        names = ["knn", "ridge"]
+        names = ["local", "ridge"]
         if settings.specialist.adapter or (paths.models_dir() / "specialist").exists():
             names.append("specialist")
     weights = args.weights or weights_path(settings)
@@ -118,7 +118,7 @@ def main() -> None:
             spread = f", spread {sub.spread:+.3f}" if sub.uses_spread else ""
             console.print(
                 f"  fit {key}: {weights_text}, intercept {sub.intercept:+.3f}{spread}, loss {sub.loss}, "
-                f"CV MAE ${sub.cv.mae:.2f} (n={sub.n})"
+                f"CV MAE ${sub.cv.mae:.2f} (deal-weighted, n={sub.n})"
             )
         console.print(f"weights saved to {fitted.path}")
 

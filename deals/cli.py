@@ -11,7 +11,10 @@
     deals notify-test                  send one test message
     deals train --preset NAME          QLoRA fine-tuning of the specialist pricer
 
-Exit codes: 0 ok, 1 a runtime error (message on stderr), 2 a usage or configuration error.
+Exit codes: 0 ok; 1 a runtime error (message on stderr; also a `run --once` cycle that
+failed); 2 a usage or configuration error (a bad option or argument, a bad setting, another
+daemon holding the store); 130 interrupted by Ctrl-C (SIGINT); 143 a `run --once` stopped
+by SIGTERM. Every command's work is a library call; this module parses and prints.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +35,7 @@ from rich.table import Table
 from deals.framework.errors import ConfigError, DealsError
 from deals.framework.logs import setup_logging
 from deals.framework.settings import Settings, load_settings, render_defaults
+from deals.framework.text import escape_markup, plain
 
 app = typer.Typer(
     help="deals: finds genuinely good deals in deal feeds and texts you about them.",
@@ -39,7 +44,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("deals.cli")
 
 
@@ -83,11 +88,15 @@ def price(
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
 ) -> None:
     """Estimate what a product is worth and show the catalogue products it came from."""
-    from deals.pricer.base import create_pricer
+    from deals.pricer.base import create_pricer, pricer_names
 
     settings = settings_of(ctx)
+    if not text.strip():
+        raise typer.BadParameter("describe the product (the text is empty)", param_hint="'TEXT'")
     name = pricer or settings.pricing.pricer
     _load_agents()
+    if name not in pricer_names():
+        raise typer.BadParameter(f"unknown pricer {name!r}; known: {', '.join(pricer_names())}", param_hint="'--pricer'")
     model = create_pricer(name, settings)
     try:
         estimate = model.price(text)
@@ -97,18 +106,18 @@ def price(
         sys.stdout.write(estimate.model_dump_json(indent=2) + "\n")
         return
     interval = f"  {estimate.interval_level:.0%} interval {estimate.interval_text}" if estimate.interval_text and estimate.interval_level else ""
-    console.print(f"[bold]Estimate:[/bold] ${estimate.price:,.2f}{interval}  ([dim]{estimate.pricer}[/dim])")
+    console.print(f"[bold]Estimate:[/bold] ${estimate.price:,.2f}{interval}  ([dim]{escape_markup(estimate.pricer)}[/dim])")
     for member, value in estimate.parts.items():
-        console.print(f"  {member}: ${value:,.2f}")
+        console.print(f"  {escape_markup(member)}: ${value:,.2f}")
     if estimate.note:
-        console.print(f"[dim]{estimate.note}[/dim]")
+        console.print(plain(estimate.note), style="dim")
     if estimate.neighbours:
         table = Table(title="nearest catalogue products", show_lines=False)
         table.add_column("similarity", justify="right")
         table.add_column("price", justify="right")
         table.add_column("product")
         for n in estimate.neighbours:
-            table.add_row(f"{n.similarity:.3f}", f"${n.price:,.2f}", n.title[:90])
+            table.add_row(f"{n.similarity:.3f}", f"${n.price:,.2f}", plain(n.title[:90]))
         console.print(table)
 
 
@@ -123,36 +132,20 @@ def index(
 
     Without --data, makes sure the bundled starter catalogue is indexed.
     """
-    from deals.memory.embeddings import Embedder, embedder_fingerprint
-    from deals.memory.vectors import VectorStore
-    from deals.pricer.catalogue import open_catalogue, seed_starter
+    from deals.pricer.catalogue import build_index
 
-    settings = settings_of(ctx)
-    store = VectorStore(settings.vectors, embedder_fingerprint(settings.embeddings)) if rebuild else None
-    if store is not None:
-        store.reset()
-    if not data:
-        store = store or open_catalogue(settings, seed=False)
-        if store.count() == 0:
-            written = seed_starter(store, settings)
-            console.print(f"starter catalogue indexed: {written} products")
-        console.print(f"index holds {store.count()} products")
-        return
-    from deals.pricer.data import curate as curate_products
-    from deals.pricer.data import load_many
-
-    products = load_many(data)
-    if curate:
-        curated = curate_products(products, settings.data)
-        products = curated.products
-        if curated.dropped:
-            console.print("dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(curated.dropped.items())))
-    store = store or open_catalogue(settings, seed=False)
-    report = store.index_products(products, Embedder(settings.embeddings))
-    console.print(
-        f"indexed {report.added} new products, {report.skipped} already present, "
-        f"{report.seconds:.1f}s ({report.items_per_s:.1f} items/s); index holds {store.count()}"
-    )
+    built = build_index(settings_of(ctx), data, rebuild=rebuild, curate=curate)
+    if built.seeded:
+        console.print(f"starter catalogue indexed: {built.seeded} products")
+    if built.dropped:
+        console.print("dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(built.dropped.items())))
+    if data:
+        console.print(
+            f"indexed {built.added} new products, {built.skipped} already present, "
+            f"{built.seconds:.1f}s ({built.items_per_s:.1f} items/s); index holds {built.count}"
+        )
+    else:
+        console.print(f"index holds {built.count} products")
 
 
 @app.command()
@@ -179,7 +172,7 @@ def evaluate(
     ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", "-d", help="priced JSONL file of held-out products")],
     pricer: Annotated[list[str], typer.Option("--pricer", "-p", help="pricer name; repeat for a side-by-side run")] = ["ensemble"],  # noqa: B006
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="evaluate the first N items")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="evaluate the first N items (default: all)")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="write the JSON report here")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="write the truth-vs-estimate PNG here (and the alert curve beside it)")] = None,
     adapter: Annotated[Optional[Path], typer.Option("--adapter", help="trained output directory served by --pricer specialist")] = None,
@@ -197,7 +190,11 @@ def evaluate(
     settings = settings_of(ctx)
     limit = limit or settings.evaluation.limit
     _load_agents()
-    items = load_products(data)
+    skipped: Counter[str] = Counter()
+    items = load_products(data, skipped=skipped)  # DataError when nothing in it is usable
+    if skipped:
+        console.print(f"[dim]{sum(skipped.values())} rows of {escape_markup(data)} skipped: "
+                      + ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) + "[/dim]")
     if limit:
         items = items[:limit]
     pricers = {}
@@ -293,26 +290,17 @@ def ensemble_fit(
 @app.command()
 def run(
     ctx: typer.Context,
-    once: Annotated[bool, typer.Option("--once", help="run one cycle and exit (0 when it ran to its end)")] = False,
+    once: Annotated[bool, typer.Option("--once", help="run one cycle and exit (0 when it ran to its end, 1 when it failed)")] = False,
     feed: Annotated[Optional[list[str]], typer.Option("--feed", "-f", help="feed URL for this run (repeatable); replaces feeds.urls")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="if another daemon holds this store, wait for it to exit instead of exiting 2")] = False,
 ) -> None:
-    """Start the daemon: read, scan, price and alert every scheduler.interval_minutes (SIGTERM stops it cleanly)."""
-    from deals.agents.planner import Planner
-    from deals.framework.orchestrator import Orchestrator
-    from deals.memory.store import Store
+    """Start the daemon: read, scan, price and alert every scheduler.interval_minutes (SIGTERM stops it cleanly).
 
-    settings = settings_of(ctx)
-    feeds = list(feed) if feed else None
-    _load_agents()
-    with Store.open_default() as store:
-        orchestrator: Orchestrator | None = None
-        planner = Planner.from_settings(settings, store, should_stop=lambda: orchestrator is not None and orchestrator.stopping.is_set())
-        try:
-            orchestrator = Orchestrator(lambda: planner.run_cycle(feeds), settings.scheduler)
-            code = orchestrator.run_once() if once else orchestrator.run_forever()
-        finally:
-            planner.close()
-    raise typer.Exit(code)
+    One daemon per store: a second one exits 2 naming the holder, or waits with --wait.
+    """
+    from deals.agents.daemon import run_daemon
+
+    raise typer.Exit(run_daemon(settings_of(ctx), feeds=feed, once=once, wait=wait))
 
 
 @app.command()
@@ -340,17 +328,19 @@ def history(
     table.add_column("members")
     table.add_column("discount", justify="right")
     table.add_column("alerts")
+    table.add_column("SMS", justify="right")
     table.add_column("link", overflow="fold")
     for row in rows:
         table.add_row(
             f"{row.created_at:%Y-%m-%d %H:%M}",
-            row.description[:60],
+            plain(row.description[:60]),
             f"${row.price:,.2f}",
             f"${row.estimate:,.2f}" + (f" (${row.low:,.0f}-${row.high:,.0f})" if row.low is not None and row.high is not None else ""),
             ", ".join(f"{name} ${value:,.0f}" for name, value in row.parts.items()),
             f"${row.discount:,.2f} ({row.discount_rel:.0%})",
-            row.alert_status,
-            row.url,
+            plain(row.alert_status),
+            str(row.sms_sent) + (f" ({row.send_attempts} tries)" if row.send_attempts > row.sms_sent else ""),
+            plain(row.url),
         )
     console.print(table)
 
@@ -369,7 +359,7 @@ def notify_test(ctx: typer.Context) -> None:
             where = getattr(messenger.notifier, "base_url", None)
             via = messenger.notifier.name + (f" ({where})" if where else "")
             for recipient, sid in zip(messenger.recipients, ids, strict=True):
-                console.print(f"test message sent via {via} to {recipient}: {sid}")
+                console.print(plain(f"test message sent via {via} to {recipient}: {sid}"))
         finally:
             messenger.close()
 
@@ -391,29 +381,54 @@ def _load_agents() -> None:
         log.debug("agents not loaded: %s", exc)
 
 
-def main() -> None:
-    """Console-script entry point: maps errors to exit codes."""
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI on `argv` (default: sys.argv[1:]); the exit status (see the module docstring)."""
+    from deals.memory.lock import StoreLockedError
+
     try:
-        app(standalone_mode=False)
-    except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise SystemExit(2) from None
+        result = app(args=argv, prog_name="deals", standalone_mode=False)
+    except _USAGE_ERRORS as exc:  # bad options/arguments, --help on no arguments: typer's own classes
+        exc.show()
+        return int(getattr(exc, "exit_code", 2))
+    except (ConfigError, StoreLockedError) as exc:
+        label = "configuration error" if isinstance(exc, ConfigError) else "error"
+        err.print(f"[red]{label}:[/red] {escape_markup(exc)}")
+        return 2
     except DealsError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise SystemExit(1) from None
+        err.print(f"[red]error:[/red] {escape_markup(exc)}")
+        return 1
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
-        raise SystemExit(130) from None
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", None) if isinstance(exc, typer.Exit) else exc.code
-        raise SystemExit(code or 0) from None
-    except Exception as exc:  # click usage errors
+        return 130
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    # Without standalone mode typer *returns* the code of a typer.Exit (and 130 for Ctrl-C).
+    return result if isinstance(result, int) else 0
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes of usage errors: typer's (it vendors click) and click's, if installed."""
+    classes: list[type[BaseException]] = []
+    typer_base = getattr(typer, "TyperException", None)
+    if isinstance(typer_base, type):
+        classes.append(typer_base)
+    try:
         import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        raise
+        classes.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(classes)
+
+
+_USAGE_ERRORS = _usage_errors()
+
+
+def main() -> None:
+    """Console-script entry point: exits with the status of `run_cli`."""
+    raise SystemExit(run_cli())
 
 
 if __name__ == "__main__":

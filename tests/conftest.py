@@ -30,6 +30,10 @@ def deals_home(tmp_path, monkeypatch):
     for handler in list(root.handlers):
         if handler.get_name() == "deals":
             root.removeHandler(handler)
+    # A test that stopped an orchestrator mid-request must not cancel the next test's requests.
+    from deals.framework.deadline import allow_requests
+
+    allow_requests()
 
 
 @pytest.fixture(scope="session")

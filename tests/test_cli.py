@@ -41,9 +41,9 @@ def test_bad_config_exits_2_naming_key_and_file(deals_home, tmp_path):
     assert done.returncode == 2 and "DEALS_PLANNER__CONCURRENCY" in done.stderr
 
 
-def test_unknown_pricer_is_a_clear_error(seeded_home):
-    done = deals("price", "a thing", "--pricer", "oracle", home=seeded_home)
-    assert done.returncode == 1 and "unknown pricer 'oracle'" in done.stderr
+def test_unknown_pricer_is_a_usage_error(deals_home):
+    done = deals("price", "a thing", "--pricer", "oracle", home=deals_home)
+    assert done.returncode == 2 and "unknown pricer 'oracle'" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_price_prints_estimate_and_neighbours(seeded_home):

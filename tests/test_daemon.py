@@ -288,11 +288,12 @@ def test_notify_test_reports_a_rejected_number(deals_home, monkeypatch, tmp_path
 
 
 def test_deals_run_stops_cleanly_on_sigterm_mid_cycle(tmp_path, tmp_path_factory, feed_server):  # noqa: F811
-    """SIGTERM while a feed is being read: the cycle stops at the next step, the run row is
-    closed, the process exits 0, and the next start picks up where it stopped."""
+    """SIGTERM while a feed answers slowly: the request is abandoned, the cycle stops within
+    seconds (not when the feed answers), the run row is closed as stopped, nothing is
+    half-stored, the process exits 0, and the next start reads everything again."""
     home = copy_home(seeded_home_template(tmp_path_factory), tmp_path / "home")
     urls = serve_feeds(feed_server)
-    slow = feed_server.route("/slow.xml", body=(REPO / "tests/fixtures/feeds/techbargains-2026-10.xml").read_bytes(), delay_s=1.0)
+    slow = feed_server.route("/slow.xml", body=(REPO / "tests/fixtures/feeds/techbargains-2026-10.xml").read_bytes(), delay_s=60)
     config = write_config(tmp_path / "c.yaml", {"pricing": {"pricer": "knn"}, "scheduler": {"interval_minutes": 60, "jitter_s": 0}})
     args = [sys.executable, "-m", "deals", "--config", str(config), "run"]
     for url in [*urls[:3], slow]:
@@ -300,15 +301,28 @@ def test_deals_run_stops_cleanly_on_sigterm_mid_cycle(tmp_path, tmp_path_factory
     process = subprocess.Popen(args, env=clean_env(home), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: feed_server.requests_to("/slow.xml") or process.poll() is not None, timeout=60)
+        signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
+        stopped_after = time.monotonic() - signalled
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
+    assert stopped_after < 10, stopped_after  # not the 60 s the feed takes
     assert "SIGTERM received" in output and "daemon stopped" in output
     with Store(home / "deals.db") as store:
         runs = store.recent_runs(5)
         assert [r.status for r in runs] == ["stopped"]  # closed, not left 'running'
-        assert runs[0].stats["deals"] > 0 and runs[0].stats["priced"] == 0
-        assert len(store.unpriced_deals(100)) == runs[0].stats["deals"]  # stored, waiting for the next cycle
+        assert runs[0].stats["deals"] == 0 and store.unpriced_deals(100) == []  # the read step was abandoned whole
+        assert store.feed_states() == []  # no validators saved: the next start reads every feed again
+
+
+def test_a_cycle_cancelled_by_shutdown_counts_as_stopped_not_crashed():
+    from deals.framework.errors import Cancelled
+
+    def cycle() -> None:
+        raise Cancelled("request cancelled: shutting down")
+
+    orchestrator = Orchestrator(cycle, fast(), install_signals=False)
+    assert orchestrator.run_once() == 0 and orchestrator.failures == 0

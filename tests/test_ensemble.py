@@ -219,7 +219,7 @@ def test_all_members_blend_with_the_full_fit(fitted):
 def test_missing_member_is_reweighted_by_its_subset_fit(fitted, caplog):
     fit, path, texts = fitted
     settings = Settings()
-    with caplog.at_level(logging.INFO, logger="deals.pricer.blend"):
+    with caplog.at_level(logging.DEBUG, logger="deals.pricer.blend"):
         pricer = create_pricer("ensemble", settings, members=["test-a", "test-b", "test-broken"], weights_file=path)
         estimates = pricer.price_many(texts[:5])
     assert sum("test-broken is unavailable" in r.message for r in caplog.records) == 1  # logged once, at creation

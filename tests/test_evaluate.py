@@ -273,7 +273,7 @@ def test_report_json_for_one_and_several(products: list[Product], tmp_path: Path
                 "excluded_neighbours", "tokens_in", "tokens_out", "cost_usd", "data_file", "rows"):  # fmt: skip
         assert key in data, key
     assert data["pricer"] == "overlap" and data["mae"] == reports[0].mae
-    assert set(data["rows"][0]) == {"title", "truth", "estimate", "error", "class", "low", "high", "alert_below"}
+    assert set(data["rows"][0]) == {"title", "truth", "estimate", "error", "class", "low", "high", "alert_below", "alert_from"}
     assert data["metrics"]["buckets"] and "mae_ci95" in data["metrics"]
 
     several = tmp_path / "several.json"

@@ -275,10 +275,9 @@ def test_price_many_runs_calls_concurrently(server, retriever):
     server.respond(_slow)
     pricer = frontier(server, retriever, concurrency=4)
     texts = [f"{KETTLE} variant {i}" for i in range(4)]
-    started = time.monotonic()
     estimates = pricer.price_many(texts)
     assert [e.price for e in estimates] == [10.0] * 4
-    assert time.monotonic() - started < 1.2  # four 0.4 s answers at once, not one after another
+    assert server.max_in_flight == 4  # four answers at once, not one after another (no wall-clock bound: flaky under load)
 
 
 def _slow(req):

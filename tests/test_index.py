@@ -133,6 +133,20 @@ def test_starter_seed_uses_bundled_vectors_that_match_the_model(seeded_home):
         assert found[0].id == probe.id and found[0].similarity > 0.99
 
 
+def test_an_index_seeded_from_an_older_starter_is_reseeded_but_one_with_own_products_only_warned(seeded_home, caplog):
+    settings = Settings()
+    store = open_catalogue(settings, progress=False)
+    current = starter_manifest()["products_sha256"]
+    assert store.metadata["starter"] == current and store.metadata["starter_count"] == store.count()
+    store.mark_seeded("an-older-starter", store.count())  # as a previous version of deals left it
+    assert open_catalogue(settings, progress=False).metadata["starter"] == current  # re-seeded with this one
+    store = open_catalogue(settings, progress=False)
+    store.mark_seeded("an-older-starter", store.count() - 1)  # the user added products of their own
+    with caplog.at_level("WARNING"):
+        kept = open_catalogue(settings, progress=False)
+    assert kept.count() == starter_manifest()["count"] and "rebuild with `deals index --rebuild`" in caplog.text
+
+
 def test_knn_excludes_the_item_itself(seeded_home):
     settings = Settings()
     pricer = KnnPricer.from_settings(settings, progress=False)

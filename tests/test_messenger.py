@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import ValidationError
 from tests.fakes.twilio_server import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
 from deals.agents import notifiers
@@ -215,10 +216,17 @@ def test_400_fails_without_retry(make, store, fake, sleeps):
     assert "failed 1" == store.history()[-1].alert_status
 
 
-def test_invalid_recipient_is_a_permanent_failure_from_the_real_validation(make, store, fake):
-    report = make(to=["555-1234"]).notify([opp(store, "a")])
+def test_a_number_the_provider_refuses_is_a_permanent_failure(make, store, fake):
+    fake.fail(400)  # Twilio's 21211 "not a valid phone number" (e.g. a number it cannot reach)
+    report = make().notify([opp(store, "a")])
     assert report.failed == 1 and fake.created == []
     assert "not a valid phone number" in store.alerts()[0].last_error
+
+
+@pytest.mark.parametrize("number", ["555-1234", "not-a-phone", "12", "+1555"])
+def test_a_recipient_that_is_not_e164_is_refused_by_the_settings(number):
+    with pytest.raises(ValidationError, match="messenger.to"):
+        Settings.model_validate({"messenger": {"to": [number]}})
 
 
 def test_provider_down_leaves_alert_pending_then_reconciles_and_sends_once(make, store, fake, sleeps):

@@ -23,6 +23,7 @@ from deals.agents.feed_parsing import (
 from deals.agents.rss_reader import ReadResult, RssReader
 from deals.framework.errors import FetchError
 from deals.framework.http import make_client
+from deals.framework.urls import dedupe_key
 from deals.framework.models import FeedEntry, FeedState
 from deals.framework.settings import FeedSettings, Settings
 from tests.fakes.feed_server import FeedServer, feed_server  # noqa: F401 - pytest fixture
@@ -106,7 +107,7 @@ def test_all_real_feeds_read_over_http(feed_server, reader_for):  # noqa: F811
         assert entry.published is not None
     entries = by_key(result)
 
-    shirt = entries["https://www.dealnews.com/22246961.html"]
+    shirt = entries["https://dealnews.com/22246961.html"]  # the key ignores www. and http/https
     assert shirt.feed_url == urls[0]
     assert shirt.title == "Alfani Men's Short-Sleeve Solid Textured Shirt for $7 + free shipping w/ $39"
     assert shirt.url == "https://www.dealnews.com/Alfani-Mens-Short-Sleeve-Solid-Textured-Shirt-for-7-free-shipping-w-39/22246961.html"
@@ -118,41 +119,41 @@ def test_all_real_feeds_read_over_http(feed_server, reader_for):  # noqa: F811
     ]
     assert shirt.published == datetime(2026, 10, 5, 19, 58, 56, tzinfo=timezone.utc)
 
-    samoa = entries["https://www.dealnews.com/22246856.html"]
+    samoa = entries[dedupe_key("https://www.dealnews.com/22246856.html")]
     assert (samoa.price, samoa.retailer, samoa.category) == (29.0, "eBay", "Shoes")
     assert 'promo code "COUNTDOWN20"' in samoa.summary
-    run70s = entries["https://www.dealnews.com/22246844.html"]
+    run70s = entries[dedupe_key("https://www.dealnews.com/22246844.html")]
     assert run70s.price == 26.0 and "Sold directly by adidas through eBay" in run70s.details
 
     # roundups: store-wide sales state no price; the two single products do
     roundups = [e for e in result.entries if e.feed_url == urls[1]]
     assert sorted(e.price for e in roundups if e.price is not None) == [19.0]
     assert sum(e.price is None for e in roundups) == 10
-    vest = entries["https://www.dealnews.com/22247016.html"]
+    vest = entries[dedupe_key("https://www.dealnews.com/22247016.html")]
     assert vest.title == "Alfani Men's Welded Alfatech Contrast-Trim Full-Zip Vest for $19 + free shipping w/ $39"
-    staples = entries["https://www.dealnews.com/22246010.html"]
+    staples = entries[dedupe_key("https://www.dealnews.com/22246010.html")]
     assert (staples.price, staples.retailer, staples.category) == (None, "Staples", "Printers & Scanners")
     assert "HP OfficeJet Pro 9125 wireless all-in-one printer at $189.99, down from $309.99" in staples.details.splitlines()
-    lowes = entries["https://www.dealnews.com/22246959.html"]
+    lowes = entries[dedupe_key("https://www.dealnews.com/22246959.html")]
     assert lowes.title == "Tools & Outdoor Power Equipment Deals at Lowe's: Up to $230 off + free shipping"
 
     # TechBargains RSS 0.91: no price field, so no price; the vendor is the retailer
-    beef = entries["https://www.amazon.com/gp/product/B08LJVQSL2"]
+    beef = entries[dedupe_key("https://www.amazon.com/gp/product/B08LJVQSL2")]
     assert (beef.title, beef.price, beef.retailer, beef.category) == (
         "Amazon Grocery 1lb 80/20 Fat Ground Beef $1.99", None, "Amazon", "Food & Restaurants",
     )
     assert beef.summary == "Amazon Grocery 1lb 80/20 Fat Ground Beef $1.99"
-    cover = entries["https://www.amazon.com/gp/product/B0FLK21B27/ref=ox_sc_act_title_1?smid=A33I1DOPZM7RMJ&th=1"]
+    cover = entries[dedupe_key("https://www.amazon.com/gp/product/B0FLK21B27/ref=ox_sc_act_title_1?smid=A33I1DOPZM7RMJ&th=1")]
     assert cover.title == 'Printspree 36" x 36" Larger Mesh Air Conditioner Covers $8.49'
     assert all(e.price is None for e in result.entries if e.feed_url == urls[2])
 
     # OzBargain: prices are AUD in titles only; the guid is not a URL, so the link is the key
-    mouse = entries["https://www.ozbargain.com.au/node/751576"]
+    mouse = entries[dedupe_key("https://www.ozbargain.com.au/node/751576")]
     assert mouse.title == "Razer DeathAdder V2 Ergonomic Wired Gaming Mouse $37 @ eBay with Code"
     assert mouse.category == "Computing" and mouse.price is None
     assert "Currently $69 at JBHIFI, $63 at Amazon." in mouse.summary
     assert "I'm using one now" in mouse.summary
-    tv = entries["https://www.ozbargain.com.au/node/751574"]
+    tv = entries[dedupe_key("https://www.ozbargain.com.au/node/751574")]
     assert tv.title == 'Sharp 70" 4k UHD TV 4T-C70CK3X, $899 + $55 Delivery @ The Good Guys'
     assert tv.category == "Electrical & Electronics"
     assert all(e.price is None for e in result.entries if e.feed_url == urls[3])
@@ -213,16 +214,19 @@ def test_canonical_url_and_keys():
         == "https://www.dealnews.com/Some-Deal/123.html?a=1&b=2"
     )
     assert canonical_url("http://shop.example:8080?fbclid=1&gclid=2&ref=rss") == "http://shop.example:8080/"
-    assert canonical_url("https://shop.example/p?q=usb%20c&cmpid=9&color=red") == "https://shop.example/p?color=red&q=usb%20c"
+    assert canonical_url("https://shop.example/p?q=usb%20c&cmpid=9&color=red") == "https://shop.example/p?color=red&q=usb+c"
     assert {"iref", "ref", "cmpid", "fbclid", "gclid"} <= TRACKING_PARAMS
     with pytest.raises(ValueError):
         canonical_url("ftp://example.com/x")
     assert entry_key("https://www.dealnews.com/22246961.html?iref=rss", "https://www.dealnews.com/x/22246961.html") == (
-        "https://www.dealnews.com/22246961.html"
+        "https://dealnews.com/22246961.html"
     )
     assert entry_key("751576 at https://www.ozbargain.com.au", "https://www.ozbargain.com.au/node/751576") == (
-        "https://www.ozbargain.com.au/node/751576"
+        "https://ozbargain.com.au/node/751576"
     )
+    # http/https, www. and a trailing slash: one deal (one key), whatever the feed wrote
+    variants = ["http://www.shop.example/deal/9/", "https://shop.example/deal/9", "HTTPS://WWW.shop.example/deal/9/?utm_source=x"]
+    assert {entry_key(v, None) for v in variants} == {"https://shop.example/deal/9"}
     assert entry_key("urn:uuid:1234", None) == "guid:urn:uuid:1234"
     with pytest.raises(ValueError):
         entry_key(None, None)
@@ -259,7 +263,8 @@ def test_dealnews_price_without_attributes_and_an_undeclared_store(feed_server, 
     result = reader_for().read([feed_server.route("/f.xml", body=feed)], {})
     widget, gadget = sorted(result.entries, key=lambda e: e.title, reverse=True)
     assert (widget.price, widget.retailer, widget.summary) == (12.5, "Widgets Inc", "A widget.")
-    assert (gadget.price, gadget.summary, gadget.key) == (0.0, "A free gadget & more.", "https://www.dealnews.com/Gadget/2.html")
+    assert (gadget.price, gadget.summary, gadget.key) == (0.0, "A free gadget & more.", "https://dealnews.com/Gadget/2.html")
+    assert gadget.url == "https://www.dealnews.com/Gadget/2.html"  # the link itself is kept as written
 
 
 # --------------------------------------------------------------------------- conditional GET
@@ -367,14 +372,16 @@ def test_network_errors_and_unexpected_exceptions_stay_inside_read():
     recent = RECENT.read_bytes()
 
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "dns.invalid":
+        host = request.headers["host"]  # requests to public feeds are pinned to the checked address
+        if host == "dns.invalid":
             raise httpx.ConnectError("[Errno -2] Name or service not known", request=request)
-        if request.url.host == "weird.example":
+        if host == "weird.example":
             raise RuntimeError("transport bug")
         return httpx.Response(200, content=recent, headers={"Content-Type": "application/rss+xml"})
 
     client = make_client(timeout_s=1, user_agent="t", transport=httpx.MockTransport(handler))
-    reader = RssReader(make_settings(), client=client, clock=Clock())
+    # a stand-in resolver (no DNS query leaves the machine); the transport answers, nothing connects
+    reader = RssReader(make_settings(), client=client, clock=Clock(), resolve=lambda host, port: ["93.184.215.14"])
     result = reader.read(["https://dns.invalid/rss", "https://weird.example/rss", "https://ok.example/rss"], {})
     by_url = {r.url: r for r in result.feed_results}
     assert "Name or service not known" in (by_url["https://dns.invalid/rss"].error or "")
@@ -442,7 +449,7 @@ def _pages_feed(feed_server: FeedServer) -> str:  # noqa: F811
 def test_page_fetch_with_bounded_concurrency(feed_server, reader_for):  # noqa: F811
     url = _pages_feed(feed_server)
     feed_server.route("*", body=PAGE, content_type="text/html; charset=utf-8", delay_s=0.1)
-    skip_key = feed_server.url("/22246010.html")  # the planner has seen this one already
+    skip_key = dedupe_key(feed_server.url("/22246010.html"))  # the planner has seen this one already
     reader = reader_for(fetch_pages=True, allow_private_addresses=True, page_concurrency=2)
     result = reader.read([url], {}, is_new=lambda key: key != skip_key)
 
@@ -452,7 +459,7 @@ def test_page_fetch_with_bounded_concurrency(feed_server, reader_for):  # noqa: 
     assert all(r.headers["User-Agent"] == reader.feeds.user_agent for r in page_requests)
     entries = by_key(result)
     assert entries[skip_key].details == parse_feed(ROUNDUPS.read_bytes(), feed_url=url).entries[0].details
-    shirt = entries[feed_server.url("/22246961.html")]
+    shirt = entries[dedupe_key(feed_server.url("/22246961.html"))]
     features, page = shirt.details.split("\n\n", 1)
     assert features.startswith("Point collar\n")
     lines = page.splitlines()
@@ -486,7 +493,7 @@ def test_page_fetch_refused_for_loopback_without_the_flag(feed_server, reader_fo
 def test_page_failures_are_skipped_and_big_pages_cut_off(feed_server, reader_for):  # noqa: F811
     body = RECENT.read_bytes().replace(b"https://www.dealnews.com/", feed_server.url("/").encode())
     url = feed_server.route("/recent.xml", body=body)
-    shirt, samoa, run70s = (feed_server.url(f"/{n}.html") for n in (22246961, 22246856, 22246844))
+    shirt, samoa, run70s = (dedupe_key(feed_server.url(f"/{n}.html")) for n in (22246961, 22246856, 22246844))
     feed_server.route("/Alfani-Mens-Short-Sleeve-Solid-Textured-Shirt-for-7-free-shipping-w-39/22246961.html", status=500)
     feed_server.route("/adidas-Mens-Samoa-Shoes-for-29-free-shipping/22246856.html", body=PAGE, delay_s=5, content_type="text/html")
     big = b"<html><head><title>Run 70s</title></head><body><p>" + b"word " * 100_000 + b"</p></body></html>"

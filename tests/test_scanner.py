@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import html
 import logging
 import re
@@ -14,7 +15,7 @@ from deals.agents import deal_rules
 from deals.agents.scanner import SYSTEM_PROMPT, ScanResult, Scanner
 from deals.framework.llm import LLMClient
 from deals.framework.models import FeedEntry
-from deals.framework.settings import LLMSettings, ScannerSettings, Settings
+from deals.framework.settings import LLMSettings, PlannerSettings, ScannerSettings, Settings
 from tests.fakes.llm_server import FakeLLMServer, Recorded, answer, garbage, hang, http_error, refusal, reject_json_schema
 
 FEEDS = Path(__file__).parent / "fixtures" / "feeds"
@@ -238,12 +239,17 @@ def server():
         yield fake
 
 
-def make_scanner(server: FakeLLMServer, provider: str = "openai", *, batch_size: int = 10, **llm) -> Scanner:
+def make_scanner(
+    server: FakeLLMServer, provider: str = "openai", *, batch_size: int = 10, concurrency: int = 1, **llm
+) -> Scanner:
+    """A scanner on the fake; one batch at a time by default, so that `server.queue` scripts batch 1, 2, ..."""
     base = {"openai": f"{server.url}/v1", "anthropic": server.url, "openai-compatible": f"{server.url}/v1"}[provider]
     values = {"provider": provider, "base_url": base, "timeout_s": 5.0, "max_retries": 0, **llm}
     if provider == "anthropic":
         values.setdefault("model", "claude-haiku-4-5")
-    settings = Settings(llm=LLMSettings(**values), scanner=ScannerSettings(batch_size=batch_size))
+    settings = Settings(
+        llm=LLMSettings(**values), scanner=ScannerSettings(batch_size=batch_size), planner=PlannerSettings(concurrency=concurrency)
+    )
     environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": OPENAI_KEY}
     return Scanner(settings, llm=LLMClient(settings.llm, environ=environ))
 
@@ -260,7 +266,7 @@ def test_llm_scan_requests_and_deals(server, provider):
 
     # the two techbargains non-products are screened out before any call; 7 candidates -> batches of 4 + 3
     assert result.llm_calls == 2 and len(server.requests) == 2 and result.errors == []
-    assert [len(blocks(r)) for r in server.requests] == [4, 3]
+    assert sorted(len(blocks(r)) for r in server.requests) == [3, 4]
     first = server.requests[0]
     assert first.system == SYSTEM_PROMPT
     assert "Title: Alfani Men's Short-Sleeve Solid Textured Shirt for $7 + free shipping w/ $39" in first.user
@@ -367,6 +373,17 @@ def test_a_failed_batch_falls_back_to_the_rules(server, failure, expect):
     assert [d.price for d in result.deals] == [d.price for d in expected.deals]  # nothing lost
     assert [d.product_description.startswith("MODEL") for d in result.deals] == [False, False, False, True, True, True]
     assert result.rejected == expected.rejected == 12
+
+
+def test_batches_run_concurrently_under_the_bound_and_merge_in_order(server):
+    """A slow LLM: 4 batches, 2 at a time, take two rounds, not four; the deals come out in feed order."""
+    entries = mixed_entries()  # 7 candidates: batches of 2, 2, 2, 1
+    server.respond(hang(0.3, then=model()))
+    result = make_scanner(server, batch_size=2, concurrency=2, timeout_s=5.0).scan(entries)
+    assert result.llm_calls == 4 and result.errors == [] and server.max_in_flight == 2  # two at a time, never more
+    sequential = make_scanner(server, batch_size=2, concurrency=1, timeout_s=5.0).scan(entries)
+    assert [d.entry_key for d in result.deals] == [d.entry_key for d in sequential.deals]
+    assert result.model_dump() == sequential.model_dump()  # the same result, whatever the timing
 
 
 def test_retries_on_429_then_ok_are_seen_by_the_scanner(server):

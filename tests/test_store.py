@@ -126,7 +126,7 @@ def test_open_default_lives_under_deals_home(deals_home):
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
     path = tmp_path / "deals.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="not a usable deals database"):
+    with pytest.raises(StoreError, match="damaged"):
         Store(path)
     assert path.read_bytes() == b"this is not sqlite" * 100  # left as it was
 

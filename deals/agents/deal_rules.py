@@ -10,6 +10,9 @@ A deal needs ONE product at ONE price in USD:
   price left in the title once shipping thresholds ("w/ $39"), shipping costs
   ("+ $5 shipping"), former prices ("was $179"), discounts ("$20 off") and parenthesised
   alternatives ("($53 eBay Plus)") are set aside;
+- money is read strictly (`deals.agents.money`): an amount must end at a word boundary,
+  and a title whose money does not read cleanly ("$1e12", "$5,00", "$1/2 price", "$3.")
+  is rejected, never priced at a guess;
 - rejected: "up to" sales, "from $X" prices, "$X/mo" subscriptions, price ranges,
   multi-buys ("2 for $5"), store-wide sales ("... Sale:", "... Deals:", "Event:"),
   memberships, several different prices, no price, free, prices outside the configured
@@ -28,6 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
+from deals.agents.money import UnclearPrice, dollar_amounts
 from deals.framework.models import Deal, FeedEntry
 
 MAX_DESCRIPTION_CHARS = 1000
@@ -114,7 +118,6 @@ _NOT_THE_PRICE = [
         rf"{_MONEY}\s*(?:off|discount|savings?|credit|back|cash\s*back|gift\s+card|rebate|coupon|in\s+rewards|bonus)\b", re.I
     ),
 ]
-_MONEY_VALUE = re.compile(r"(?:US\s?)?\$\s?(\d{1,3}(?:,\d{3})+|\d+)(\.\d{1,2})?(?![\d%])")
 _FREE = re.compile(
     r"\bfree\b(?!\s+(?:shipping|delivery|store\s+pickup|pickup|returns|s&h|ship|w/|with|on|after|for\s+members))", re.I
 )
@@ -123,9 +126,13 @@ _FREE = re.compile(
 def title_price(title: str) -> tuple[float | None, str]:
     """The single price a title states, or None and the reason there is none."""
     text = _clean(title)
+    try:
+        dollar_amounts(text)  # every amount in the title, set aside or not, must read cleanly
+    except UnclearPrice as exc:
+        return None, str(exc)
     for pattern in _NOT_THE_PRICE:
         text = pattern.sub(" ", text)
-    values = sorted({round(float(m.group(1).replace(",", "") + (m.group(2) or "")), 2) for m in _MONEY_VALUE.finditer(text)})
+    values = sorted({round(value, 2) for value in dollar_amounts(text)})
     if not values:
         if _FREE.search(text):
             return None, "free, not a price"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from textwrap import shorten
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,7 +129,7 @@ class EnsemblePricer(Pricer):
         notes = []
         absent = {**self.missing, **failures}
         if absent:
-            notes.append("missing: " + ", ".join(f"{name} ({why[:120]})" for name, why in absent.items()))
+            notes.append("missing: " + ", ".join(f"{name} ({shorten(why, 120, placeholder='...')})" for name, why in absent.items()))
         shape_member = next((m for m in SHAPE_MEMBERS if m in answers), None)
         chosen = None
         if self.fit is not None and set(answers) - set(SHAPE_MEMBERS):

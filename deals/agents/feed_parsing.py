@@ -6,13 +6,18 @@
                      because feedparser drops the text of a namespaced element that has
                      attributes (`<dealnews:price currency="USD">7.46</dealnews:price>`)
                      and some DealNews wrappers do not declare the namespace at all
-    canonical_url()  scheme/host lower-cased, default port and fragment dropped, tracking
-                     parameters removed (TRACKING_PARAMS, TRACKING_PREFIXES), the rest sorted
-    entry_key()      the guid when it is an http(s) URL (a stable permalink), else the link
+    canonical_url()  re-exported from deals.framework.urls (w3lib canonicalisation, tracking
+    entry_key()      parameters dropped; the key ignores http/https, www. and a trailing slash)
     parse_price()    "$29.99", "29.99", "1,299", "Free" -> float; anything else -> None
-    html_to_text()   readable plain text of an HTML fragment (stdlib html.parser; BeautifulSoup
-                     is not installed), `dealnews_snippets()` for the summary/features blocks,
-                     `page_text()` for a fetched deal page
+    html_to_text()   readable plain text of an HTML fragment (selectolax's lexbor parser:
+                     C, linear time, at most MAX_HTML_CHARS of markup per field or page),
+                     `dealnews_snippets()` for the summary/features blocks, `page_text()`
+                     for a fetched deal page
+
+Hostile text is defused here: control characters and bidi overrides are stripped from
+every field (deals.framework.text), feedparser's own HTML sanitizer (slow on hostile
+markup, and pointless: HTML becomes plain text here) is off, and each field's markup is
+cut to MAX_HTML_CHARS before it is parsed.
 
 Prices are taken only from fields that state one; prices written in titles or text are
 the scanner's business.
@@ -24,214 +29,54 @@ import html
 import io
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from html.parser import HTMLParser
-from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 from xml.parsers import expat
 
 import feedparser
 from pydantic import BaseModel, Field
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
+from deals.agents.money import stated_price
 from deals.framework.errors import FetchError
 from deals.framework.models import FeedEntry
+from deals.framework.text import strip_controls
+from deals.framework.urls import TRACKING_PARAMS, TRACKING_PREFIXES, canonical_url, entry_key
 
 log = logging.getLogger("deals.agents.rss_reader")
 
-# --------------------------------------------------------------------------- canonical URLs
-
-TRACKING_PARAMS: frozenset[str] = frozenset(
-    {
-        "iref",  # DealNews: per-feed source (iref=rss-c142, iref=rss-f1912)
-        "ref", "ref_", "referrer", "source", "src",
-        "cmpid", "cmp", "campaign",
-        "fbclid", "gclid", "gclsrc", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "ttclid",
-        "igshid", "li_fat_id", "epik",
-        "mc_cid", "mc_eid",  # Mailchimp
-        "_hsenc", "_hsmi", "hsctatracking",  # HubSpot
-        "mkt_tok",  # Marketo
-        "_ga", "_gl",
-        "spm", "scm",
-        "sr_share", "share",
-    }
-)
-"""Query parameters (compared lower-case) that identify where a click came from, not what it shows."""
-
-TRACKING_PREFIXES: tuple[str, ...] = ("utm_", "pk_", "mtm_", "ga_")
-"""Query parameter prefixes dropped as tracking (Google Analytics utm_*, Matomo pk_*/mtm_*)."""
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _is_tracking(name: str) -> bool:
-    name = name.lower()
-    return name in TRACKING_PARAMS or name.startswith(TRACKING_PREFIXES)
-
-
-def canonical_url(url: str) -> str:
-    """The canonical form of an http(s) URL; ValueError for anything else.
-
-    Scheme and host lower-cased, default port, user info and fragment dropped, an empty
-    path made "/", tracking parameters removed and the remaining ones sorted (their
-    encoding is kept as written).
-    """
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        raise ValueError(f"not an absolute http(s) URL: {url!r}")
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad port in URL {url!r}") from exc
-    netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
-    pairs = [p for p in re.split(r"[&;]", parts.query) if p]
-    kept = sorted(p for p in pairs if not _is_tracking(unquote_plus(p.split("=", 1)[0])))
-    return urlunsplit(SplitResult(scheme, netloc, parts.path or "/", "&".join(kept), ""))
-
-
-def entry_key(guid: str | None, link: str | None) -> str:
-    """An entry's identity: its guid when that is an http(s) URL, else its link (both canonical).
-
-    A guid that is not a URL (OzBargain's "751576 at https://...") is used only when the
-    entry has no usable link. ValueError when neither gives a key.
-    """
-    for candidate in (guid, link):
-        if candidate and candidate.strip().lower().startswith(("http://", "https://")):
-            try:
-                return canonical_url(candidate)
-            except ValueError:
-                continue
-    if guid and guid.strip():
-        return "guid:" + " ".join(guid.split())
-    raise ValueError("entry has neither a guid nor an http(s) link")
-
-
 # --------------------------------------------------------------------------- prices
 
-_PRICE = re.compile(r"^(?:US\$|USD|\$)?\s*(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\s*(?:USD)?$", re.IGNORECASE)
-
-
 def parse_price(text: str | None, currency: str | None = None) -> float | None:
-    """A price stated in a field: "$29.99", "29.99", "1,299.00", "Free" (0.0); else None.
-
-    A currency attribute other than USD gives None (prices are USD).
-    """
-    if text is None:
-        return None
-    if currency and currency.strip().upper() not in ("USD", "US$", "$"):
-        return None
-    value = " ".join(html.unescape(text).split())
-    if value.lower() in ("free", "$0", "0"):
-        return 0.0
-    match = _PRICE.match(value)
-    if not match:
-        return None
-    return float(match.group(1).replace(",", "") + (match.group(2) or ""))
+    """A price stated in a field: "$29.99", "29.99", "1,299.00", "Free" (0.0); else None (see `money.stated_price`)."""
+    return stated_price(text, currency)
 
 
 # --------------------------------------------------------------------------- HTML -> text
 
-_VOID = frozenset(
-    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"}
-)
+MAX_HTML_CHARS = 65_536
+"""Markup handed to the HTML parser per feed field and per page, at most (the rest is dropped)."""
+
 _BLOCK = frozenset(
     {
         "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption", "figure",
         "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p",
         "pre", "section", "table", "tbody", "thead", "tr", "ul",
     }
-)
-_CLOSES_P = _BLOCK - {"br", "tr", "tbody", "thead", "li", "dd", "dt"}
+)  # fmt: skip
 _SKIP = frozenset({"script", "style", "noscript", "template", "svg", "iframe", "object", "head", "title"})
 _PAGE_SKIP = _SKIP | {"nav", "header", "footer", "aside", "form", "button", "select", "dialog"}
 
 
-class Node:
-    """An element of a leniently built HTML tree."""
-
-    __slots__ = ("tag", "attrs", "children", "parent")
-
-    def __init__(self, tag: str, attrs: dict[str, str], parent: Node | None) -> None:
-        self.tag = tag
-        self.attrs = attrs
-        self.children: list[Node | str] = []
-        self.parent = parent
-
-    @property
-    def classes(self) -> set[str]:
-        return set(self.attrs.get("class", "").split())
-
-    def iter(self) -> Iterator[Node]:
-        """This node and every element below it, in document order."""
-        stack: list[Node] = [self]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(child for child in reversed(node.children) if isinstance(child, Node))
-
-    def find(self, tag: str | None = None, classes: set[str] | None = None, **attrs: str) -> Node | None:
-        for node in self.iter():
-            if tag is not None and node.tag != tag:
-                continue
-            if classes and not classes <= node.classes:
-                continue
-            if any(node.attrs.get(k, "").lower() != v for k, v in attrs.items()):
-                continue
-            return node
-        return None
+def parse_html(markup: str) -> LexborHTMLParser:
+    """The lexbor (selectolax) tree of at most MAX_HTML_CHARS of `markup`: linear time, C speed."""
+    return LexborHTMLParser(markup[:MAX_HTML_CHARS])
 
 
-class _TreeBuilder(HTMLParser):
-    """html.parser -> Node tree, tolerant of unclosed and stray tags."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root = Node("#root", {}, None)
-        self.current = self.root
-
-    def _open(self, tag: str) -> Node | None:
-        node: Node | None = self.current
-        while node is not None and node is not self.root:
-            if node.tag == tag:
-                return node
-            node = node.parent
-        return None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _CLOSES_P and (p := self._open("p")) is not None and p.parent is not None:
-            self.current = p.parent
-        if tag == "li" and self.current.tag == "li" and self.current.parent is not None:
-            self.current = self.current.parent
-        node = Node(tag, {k: v or "" for k, v in attrs}, self.current)
-        self.current.children.append(node)
-        if tag not in _VOID:
-            self.current = node
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.current.children.append(Node(tag, {k: v or "" for k, v in attrs}, self.current))
-
-    def handle_endtag(self, tag: str) -> None:
-        node = self._open(tag)
-        if node is not None and node.parent is not None:
-            self.current = node.parent
-
-    def handle_data(self, data: str) -> None:
-        self.current.children.append(data)
-
-
-def parse_html(markup: str) -> Node:
-    """A lenient element tree of an HTML document or fragment."""
-    builder = _TreeBuilder()
-    builder.feed(markup)
-    builder.close()
-    return builder.root
-
-
-def node_text(node: Node, skip: frozenset[str] = _SKIP) -> str:
-    """Plain text of a subtree: one line per block, whitespace folded, empty lines dropped."""
+def node_text(node: LexborNode | None, skip: frozenset[str] = _SKIP) -> str:
+    """Plain text of a subtree: one line per block, whitespace folded, controls stripped, empty lines dropped."""
+    if node is None:
+        return ""
     lines: list[str] = []
     current: list[str] = []
 
@@ -242,29 +87,30 @@ def node_text(node: Node, skip: frozenset[str] = _SKIP) -> str:
         current.clear()
 
     # iterative walk (deeply nested pages must not hit the recursion limit)
-    stack: list[tuple[Node | str, bool]] = [(node, True)]
+    stack: list[tuple[LexborNode, bool]] = [(node, True)]
     while stack:
         item, entering = stack.pop()
-        if isinstance(item, str):
-            current.append(item)
+        tag = item.tag or ""
+        if tag == "-text":
+            current.append(item.text_content or "")
         elif not entering:
-            if item.tag in _BLOCK:
+            if tag in _BLOCK:
                 flush()
-            elif item.tag in ("td", "th"):
+            elif tag in ("td", "th"):
                 current.append(" ")
-        elif item is node or item.tag not in skip:
-            if item.tag in _BLOCK:
+        elif item is node or (tag not in skip and not tag.startswith("-")):
+            if tag in _BLOCK:
                 flush()
-            if item.tag not in _VOID:
-                stack.append((item, False))
-                stack.extend((child, True) for child in reversed(item.children))
+            stack.append((item, False))
+            stack.extend((child, True) for child in reversed(list(item.iter(include_text=True))))
     flush()
-    return "\n".join(lines)
+    return strip_controls("\n".join(lines))
 
 
 def html_to_text(markup: str) -> str:
     """Readable plain text of an HTML fragment (scripts, styles and images dropped)."""
-    return node_text(parse_html(markup))
+    tree = parse_html(markup)
+    return node_text(tree.body or tree.root)
 
 
 def dealnews_snippets(markup: str) -> tuple[str, str] | None:
@@ -272,22 +118,21 @@ def dealnews_snippets(markup: str) -> tuple[str, str] | None:
 
     The details are the feature list items, one per line (without the "Features" header).
     """
-    root = parse_html(markup)
-    summary = root.find("div", {"snippet", "summary"})
-    features = root.find("div", {"snippet", "features"})
+    tree = parse_html(markup)
+    summary = tree.css_first("div.snippet.summary")
+    features = tree.css_first("div.snippet.features")
     if summary is None and features is None:
         return None
     details = ""
     if features is not None:
-        items = [node_text(li) for li in features.iter() if li.tag == "li"]
+        items = [node_text(li) for li in features.css("li")]
         if any(items):
             details = "\n".join(item for item in items if item)
         else:
-            header = features.find(classes={"content-section-header"})
-            if header is not None and header.parent is not None:
-                header.parent.children.remove(header)
+            for header in features.css(".content-section-header"):
+                header.decompose()
             details = node_text(features)
-    return (node_text(summary) if summary is not None else ""), details
+    return node_text(summary), details
 
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
@@ -319,17 +164,21 @@ def truncate_text(text: str, limit: int) -> str:
 
 
 def page_text(content: bytes, *, charset: str | None = None, limit: int = 2000) -> str:
-    """Readable text of a deal page: title, meta description, then the main text; at most `limit` chars."""
-    root = parse_html(decode_html(content, charset))
-    title_node = root.find("title")
+    """Readable text of a deal page: title, meta description, then the main text; at most `limit` chars.
+
+    Only the first MAX_HTML_CHARS characters of the page are parsed.
+    """
+    tree = parse_html(decode_html(content[: MAX_HTML_CHARS * 4], charset))
+    title_node = tree.css_first("title")
     title = node_text(title_node, skip=frozenset()) if title_node is not None else ""
     description = ""
-    for attrs in ({"name": "description"}, {"property": "og:description"}, {"name": "twitter:description"}):
-        meta = root.find("meta", **attrs)
-        if meta is not None and meta.attrs.get("content", "").strip():
-            description = " ".join(html.unescape(meta.attrs["content"]).split())
+    for selector in ('meta[name="description"]', 'meta[property="og:description"]', 'meta[name="twitter:description"]'):
+        meta = tree.css_first(selector)
+        content_attr = (meta.attributes.get("content") or "") if meta is not None else ""
+        if content_attr.strip():
+            description = strip_controls(" ".join(html.unescape(content_attr).split()))
             break
-    main = root.find("main") or root.find("article") or root.find(role="main") or root.find("body") or root
+    main = tree.css_first("main") or tree.css_first("article") or tree.css_first('[role="main"]') or tree.body or tree.root
     body = node_text(main, skip=_PAGE_SKIP)
     parts = [title] if title else []
     if description and description != title:
@@ -356,7 +205,9 @@ class ParsedFeed(BaseModel):
     skipped: int = Field(0, description="entries dropped because they had no usable link/guid or title")
 
 
-def _raw_items(content: bytes) -> tuple[list[dict[str, tuple[str, dict[str, str]]]], dict[str, str]] | None:
+def _raw_items(
+    content: bytes, encoding: str | None = None
+) -> tuple[list[dict[str, tuple[str, dict[str, str]]]], dict[str, str]] | None:
     """Direct children of every <item>/<entry> as {tag: (text, attrs)}, and the root's xmlns map.
 
     Expat without namespace processing: prefixed names stay as written, so a wrapper that
@@ -396,12 +247,14 @@ def _raw_items(content: bytes) -> tuple[list[dict[str, tuple[str, dict[str, str]
         if child is not None:
             text.append(data)
 
-    parser = expat.ParserCreate()
+    parser = expat.ParserCreate(encoding)
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = chars
     try:
         parser.Parse(content, True)
+    except LookupError:  # an encoding Python does not know: read it as UTF-8, as feedparser does
+        return None if encoding else _raw_items(content, "utf-8")
     except (expat.ExpatError, ValueError):
         return None
     return items, namespaces
@@ -417,7 +270,7 @@ def _dealnews_prefix(namespaces: Mapping[str, str]) -> str:
 def _clean(value: object) -> str | None:
     if not isinstance(value, str):
         return None
-    cleaned = " ".join(html.unescape(value).split())
+    cleaned = " ".join(strip_controls(html.unescape(value[:MAX_HTML_CHARS])).split())
     return cleaned or None
 
 
@@ -504,7 +357,9 @@ def parse_feed(content: bytes, *, feed_url: str, headers: Mapping[str, str] | No
     response_headers = {k.lower(): v for k, v in (headers or {}).items()}
     response_headers.setdefault("content-location", feed_url)
     # A stream, never raw bytes: feedparser would try bytes as a local file name first.
-    parsed = feedparser.parse(io.BytesIO(content), response_headers=response_headers)
+    parsed = feedparser.parse(
+        io.BytesIO(content), response_headers=response_headers, sanitize_html=False, resolve_relative_uris=False
+    )
     entries = list(parsed.get("entries") or [])
     problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
     if not entries:

@@ -3,14 +3,17 @@
 Outbox protocol (table `alerts`, see `deals.memory.migrations`), per opportunity and
 recipient::
 
-    queued --mark sending (attempt counted)--> send --> sent (provider SID)
+    queued --claim: sending (attempt counted)--> send --> sent (provider SID)
                                                   \\--> failed   (permanent error: other 4xx)
                                                   \\--> sending  (outcome unknown: transient
                                                                   errors until max_attempts)
     queued --> skipped   (daily cap reached, stale, recipient no longer configured)
 
-An alert is written before it is sent and marked after, so a crash never loses one; and
-nothing is ever resent without first asking the provider whether it already went out:
+An alert is written before it is sent and marked after, so a crash never loses one. It is
+claimed atomically (queued -> sending only while still queued, `Store.claim_alert`), so
+two processes can never both send it, and every hand-over to the provider is recorded
+(`sends`: started, outcome, provider id), so `deals history` shows any duplicate. Nothing
+is ever resent without first asking the provider whether it already went out:
 `reconcile()` (run first by every `notify`/`deliver_pending`) checks each alert left in
 `sending` against the provider's message list (`Notifier.find_sent`): found -> sent, not
 found -> queued (and sent again); unreachable -> left for the next cycle. Retries inside
@@ -50,7 +53,7 @@ from pydantic import BaseModel, Field
 
 from deals.agents.notifiers import Notifier, build_notifier, warn_once
 from deals.framework.agent import Agent
-from deals.framework.errors import ConfigError, DealsError, NotifyError, PermanentNotifyError, TransientNotifyError
+from deals.framework.errors import ConfigError, DealsError, NotifyError, PermanentNotifyError
 from deals.framework.models import Opportunity, utcnow
 from deals.framework.settings import Settings
 from deals.memory.store import AlertRow, Store
@@ -281,11 +284,11 @@ class Messenger(Agent):
                 self.log.warning("alert %d: cannot reconcile yet (%s); it stays pending", alert.id, exc)
                 continue
             if sid:
-                self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock())
-                report.reconciled += 1
-                self.log.info("alert %d: already delivered as %s, not resending", alert.id, sid)
-            else:
-                self.store.mark_alert(alert.id, "queued", at=self.clock())
+                if self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock(), expect="sending"):
+                    self.store.settle_sends(alert.id, sid, at=self.clock())
+                    report.reconciled += 1
+                    self.log.info("alert %d: already delivered as %s, not resending", alert.id, sid)
+            elif self.store.mark_alert(alert.id, "queued", at=self.clock(), expect="sending"):
                 report.requeued += 1
                 self.log.info("alert %d: not found at the provider, queued again", alert.id)
 
@@ -336,7 +339,10 @@ class Messenger(Agent):
         self.log.warning("alert %d to %s skipped: %s", alert.id, _mask(alert.recipient), reason)
 
     def _send(self, alert: AlertRow, report: MessengerReport) -> str:
-        """Deliver one alert with retries: 'sent', 'failed' or 'unknown' (left in 'sending')."""
+        """Claim and deliver one alert with retries: 'sent', 'failed', 'taken' or 'unknown' (left in 'sending')."""
+        if not self.store.claim_alert(alert.id, at=self.clock()):
+            self.log.warning("alert %d: no longer queued (another process took it); not sending", alert.id)
+            return "taken"
         attempts = self.config.max_attempts
         last: NotifyError | None = None
         for attempt in range(1, attempts + 1):
@@ -349,22 +355,27 @@ class Messenger(Agent):
                     break
                 if sid:
                     self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock())
+                    self.store.settle_sends(alert.id, sid, at=self.clock())
                     report.sent += 1
                     return "sent"
-            self.store.mark_alert(alert.id, "sending", at=self.clock())
+                self.store.mark_alert(alert.id, "sending", at=self.clock())  # counts this attempt
+            send_id = self.store.begin_send(alert.id, at=self.clock())
             try:
                 sid = self.notifier.send(alert.recipient, alert.body)
             except PermanentNotifyError as exc:
+                self.store.end_send(send_id, "failed", error=str(exc), at=self.clock())
                 self.store.mark_alert(alert.id, "failed", error=str(exc), at=self.clock())
                 report.failed += 1
                 report.errors.append(str(exc))
                 self.log.error("alert %d to %s failed: %s", alert.id, _mask(alert.recipient), exc)
                 return "failed"
-            except (TransientNotifyError, NotifyError) as exc:
+            except NotifyError as exc:
                 last = exc
+                self.store.end_send(send_id, "error", error=str(exc), at=self.clock())
                 self.store.mark_alert(alert.id, "sending", error=str(exc), at=self.clock(), count_attempt=False)
                 self.log.warning("alert %d: attempt %d/%d failed: %s", alert.id, attempt, attempts, exc)
                 continue
+            self.store.end_send(send_id, "sent", provider_id=sid, at=self.clock())
             self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock())
             report.sent += 1
             self.log.info("alert %d sent to %s (%s)", alert.id, _mask(alert.recipient), sid)

@@ -8,23 +8,30 @@
 TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER); without everything SMS needs it falls back to the
 console and logs, once per process, that SMS is not configured. Errors are mapped onto
 `TransientNotifyError` (5xx, 429, network failures, timeouts: worth retrying) and
-`PermanentNotifyError` (other 4xx: not). The auth token is never logged or repr'd.
+`PermanentNotifyError` (other 4xx: not). The auth token is never logged or repr'd, and
+error text from the provider (or a proxy) that echoes it is redacted before it reaches a
+log line or the store.
+
+The Twilio SDK talks HTTP through `deals.agents.twilio_http.HttpxTwilioClient`, so
+`messenger.timeout_s` is a wall-clock deadline for each API request and a shutdown
+abandons a request in flight.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import os
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TextIO
 
-from deals.framework.errors import NotifyError, PermanentNotifyError, TransientNotifyError
-from deals.framework.settings import MessengerSettings
+from deals.framework.errors import ConfigError, NotifyError, PermanentNotifyError, TransientNotifyError
+from deals.framework.settings import MessengerSettings, e164
 
 log = logging.getLogger("deals.agents.messenger")
 
@@ -109,22 +116,39 @@ def _status_of(exc: BaseException) -> int | None:
     return None
 
 
-def translate_error(exc: BaseException, action: str) -> NotifyError:
-    """Map a twilio/requests exception to a transient or permanent `NotifyError`."""
-    import requests
+def translate_error(exc: BaseException, action: str, redact: Callable[[str], str] = str) -> NotifyError:
+    """Map a twilio/httpx exception to a transient or permanent `NotifyError` (text passed through `redact`)."""
+    import httpx
     from twilio.base.exceptions import TwilioException
 
-    if isinstance(exc, requests.RequestException):
-        return TransientNotifyError(f"Twilio {action}: network error: {type(exc).__name__}: {exc}")
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientNotifyError(redact(f"Twilio {action}: timed out ({type(exc).__name__}: {exc})"))
+    if isinstance(exc, httpx.HTTPError):
+        return TransientNotifyError(redact(f"Twilio {action}: network error: {type(exc).__name__}: {exc}"))
     if isinstance(exc, TwilioException):
         status = _status_of(exc)
         detail = getattr(exc, "msg", None) or getattr(exc, "title", None) or (exc.args[0] if exc.args else "")
         code = getattr(exc, "code", None)
-        text = f"Twilio {action}: HTTP {status}" + (f" (code {code})" if code else "") + f": {detail}"
+        text = redact(f"Twilio {action}: HTTP {status}" + (f" (code {code})" if code else "") + f": {detail}")
         if status is None or status >= 500 or status == 429:
             return TransientNotifyError(text)
         return PermanentNotifyError(text)
-    return TransientNotifyError(f"Twilio {action}: {type(exc).__name__}: {exc}")
+    return TransientNotifyError(redact(f"Twilio {action}: {type(exc).__name__}: {exc}"))
+
+
+def redactor(*secrets: str) -> Callable[[str], str]:
+    """A function replacing each secret (and the Basic-auth encoding of the first two) with ***."""
+    values = [s for s in secrets if s]
+    if len(secrets) >= 2 and secrets[0] and secrets[1]:
+        values.append(base64.b64encode(f"{secrets[0]}:{secrets[1]}".encode()).decode())
+    values.sort(key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        for value in values:
+            text = text.replace(value, "***")
+        return text
+
+    return redact
 
 
 class TwilioNotifier(Notifier):
@@ -142,12 +166,15 @@ class TwilioNotifier(Notifier):
         timeout_s: float = 15.0,
         lookback: int = 100,
     ) -> None:
-        from twilio.http.http_client import TwilioHttpClient
         from twilio.rest import Client
+
+        from deals.agents.twilio_http import HttpxTwilioClient
 
         self.from_number = from_number
         self.lookback = lookback
-        self.client = Client(account_sid, auth_token, http_client=TwilioHttpClient(timeout=timeout_s))
+        self._redact = redactor(account_sid, auth_token)
+        self.http = HttpxTwilioClient(timeout_s)
+        self.client = Client(account_sid, auth_token, http_client=self.http)
         if base_url:
             # Every API-domain request is built from Domain.base_url (twilio/base/domain.py).
             self.client.api.base_url = base_url.rstrip("/")
@@ -157,7 +184,7 @@ class TwilioNotifier(Notifier):
         try:
             message = self.client.messages.create(to=to, from_=self.from_number, body=body)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a NotifyError
-            raise translate_error(exc, "send") from exc
+            raise translate_error(exc, "send", self._redact) from None
         if not message.sid:
             raise TransientNotifyError("Twilio send: the response carried no message SID")
         return str(message.sid)
@@ -169,7 +196,7 @@ class TwilioNotifier(Notifier):
         try:
             messages = self.client.messages.list(to=to, limit=self.lookback)
         except Exception as exc:  # noqa: BLE001
-            raise translate_error(exc, "list messages") from exc
+            raise translate_error(exc, "list messages", self._redact) from None
         for message in messages:
             created = message.date_created or message.date_sent
             if isinstance(created, datetime) and created < since:
@@ -181,9 +208,7 @@ class TwilioNotifier(Notifier):
         return None
 
     def close(self) -> None:
-        session = getattr(self.client.http_client, "session", None)
-        if session is not None:
-            session.close()
+        self.http.close()
 
     def __repr__(self) -> str:
         return f"TwilioNotifier(from={self.from_number!r}, base_url={self.base_url!r})"
@@ -216,10 +241,16 @@ def build_notifier(
             logger,
         )
         return ConsoleNotifier()
+    sender = environ.get(FROM_ENV) or settings.from_number or ""
+    if environ.get(FROM_ENV):
+        try:
+            sender = e164(sender)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {FROM_ENV}: {exc}") from None
     return TwilioNotifier(
         environ[SID_ENV],
         environ[TOKEN_ENV],
-        environ.get(FROM_ENV) or settings.from_number or "",
+        sender,
         base_url=settings.base_url,
         timeout_s=timeout_s,
     )
@@ -232,6 +263,7 @@ __all__ = [
     "TwilioNotifier",
     "build_notifier",
     "missing_sms_config",
+    "redactor",
     "translate_error",
     "warn_once",
 ]

@@ -38,7 +38,10 @@ The cycle's LLM calls, tokens and dollars are counted for every agent that made 
 A failure in one feed, batch, deal or step is logged, counted in the `CycleReport` and
 skipped; the cycle goes on and completes. `should_stop()` (the daemon's shutdown flag) is
 checked between steps and between pricing batches: the cycle then ends early with
-status "stopped", everything done so far stored, the rest picked up next time.
+status "stopped", everything done so far stored, the rest picked up next time. On
+shutdown the network requests in flight raise `Cancelled` (deals.framework.deadline):
+the step they were in is abandoned before its transaction (its work is redone next
+cycle) and the run is recorded as "stopped" at once.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from deals.framework.agent import Agent
+from deals.framework.errors import Cancelled
 from deals.framework.llm.usage import METER
 from deals.framework.models import Deal, Estimate, FeedState, Opportunity, utcnow
 from deals.pricer.alerts import AlertRule, alert_below, alerts_at, is_real_deal, point_alert_below
@@ -229,8 +233,8 @@ class Planner(Agent):
         """Run one cycle over `feed_urls` (default: `feeds.urls`); never raises for item failures.
 
         An unexpected error in a step is logged and counted and the cycle goes on with
-        the next step; only `KeyboardInterrupt`/`SystemExit` escape (the run is recorded
-        as failed first).
+        the next step; `Cancelled` (shutdown) ends it as "stopped"; only
+        `KeyboardInterrupt`/`SystemExit` escape (the run is recorded as failed first).
         """
         urls = list(dict.fromkeys(feed_urls if feed_urls is not None else self.settings.feeds.urls))
         with self._lock:
@@ -241,6 +245,9 @@ class Planner(Agent):
             crashed = False
             try:
                 self._cycle(urls, report)
+            except Cancelled:
+                report.status = "stopped"
+                self.log.info("cycle %s: shutdown requested; the step in progress was abandoned", report.run_id)
             except BaseException as exc:
                 crashed = True
                 report.status = "failed"

@@ -8,6 +8,12 @@ error count, last error, exponential backoff (`backoff_base_s * 2**(n-1)`, cappe
 `backoff_max_s`) and the unhealthy flag (after `unhealthy_after` failures in a row) on
 failure. A failing feed never stops the others and nothing per feed raises out of `read()`.
 
+Redirects are followed by hand through the URL guard (`fetch_guarded`): a feed whose
+configured URL is public may not redirect to a loopback, private or link-local address
+(an internal response would be stored as deals); a feed configured at such an address
+(a local server, a test) may, and so may every feed with `feeds.allow_private_addresses`.
+`feeds.timeout_s` bounds the whole fetch, redirects included.
+
 Entries are deduplicated across feeds by `FeedEntry.key` (first feed wins). The reader
 keeps no state of its own and never touches the database: the planner loads the states,
 calls `read()`, saves `ReadResult.states` and filters entries it has already seen by key.
@@ -32,7 +38,7 @@ from pydantic import BaseModel, Field
 from deals.agents.feed_parsing import page_text, parse_feed
 from deals.framework.agent import Agent
 from deals.framework.errors import FetchError
-from deals.framework.http import Fetched, Resolver, fetch, fetch_guarded, make_client
+from deals.framework.http import Fetched, Resolver, UnsafeURLError, check_url, fetch_guarded, make_client
 from deals.framework.models import FeedEntry, FeedState, utcnow
 from deals.framework.settings import Settings
 
@@ -92,7 +98,10 @@ class RssReader(Agent):
         self.page_text_chars = settings.feeds.page_text_chars
         self._resolve = resolve
         self._own_client = client is None
-        self.client = client or make_client(timeout_s=self.feeds.timeout_s, user_agent=self.feeds.user_agent)
+        # no keep-alive: guarded requests are pinned to a checked address (see framework.http)
+        self.client = client or make_client(
+            timeout_s=self.feeds.timeout_s, user_agent=self.feeds.user_agent, follow_redirects=False, keepalive=False
+        )
         self._own_page_client = page_client is None
         self._page_client = page_client
 
@@ -211,7 +220,16 @@ class RssReader(Agent):
             headers["If-None-Match"] = state.etag
         if state.last_modified:
             headers["If-Modified-Since"] = state.last_modified
-        response = fetch(self.client, url, max_bytes=self.feeds.max_bytes, timeout_s=self.feeds.timeout_s, headers=headers)
+        response = fetch_guarded(
+            self.client,
+            url,
+            max_bytes=self.feeds.max_bytes,
+            timeout_s=self.feeds.timeout_s,
+            allow_private=self.feeds.allow_private_addresses or not self._is_public(url),
+            truncate=False,
+            headers=headers,
+            resolve=self._resolve,
+        )
         if response.status_code == 304:
             return self._succeeded(state, now, response), FeedResult(url=url, status="not_modified"), []
         if response.status_code != 200:
@@ -230,6 +248,14 @@ class RssReader(Agent):
         entries = list(unique.values())[: self.feeds.max_entries_per_feed]
         feed_result = FeedResult(url=url, status="ok", warning=parsed.warning, duplicates=len(ordered) - len(unique))
         return self._succeeded(state, now, response), feed_result, entries
+
+    def _is_public(self, url: str) -> bool:
+        """Whether a configured feed URL resolves to public addresses only (its redirects must too)."""
+        try:
+            check_url(url, resolve=self._resolve)
+        except UnsafeURLError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ deal pages
 

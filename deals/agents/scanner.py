@@ -1,7 +1,9 @@
 """The scanner agent: new feed entries -> `Deal`s (a product description, one USD price, the URL).
 
 With an LLM (`Scanner(settings, llm=make_llm(settings.llm))`): entries go in batches of
-`scanner.batch_size`, one structured-output call per batch. Each entry is shown to the
+`scanner.batch_size`, one structured-output call per batch, `planner.concurrency` batches
+in flight at once (the same bound as the pricers' LLM calls; each batch fills its own
+partial result, merged in batch order, so the outcome does not depend on timing). Each entry is shown to the
 model under a small integer id (never its URL), and the model answers per id whether it
 is a deal on ONE clearly identified product at ONE clear price, the price, its currency,
 and a 2-4 sentence description of the product itself. The answers are checked against
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
@@ -110,6 +113,7 @@ class Scanner(Agent):
         super().__init__(settings)
         self.llm = llm
         self.batch_size = settings.scanner.batch_size
+        self.concurrency = settings.planner.concurrency
         self.min_price = settings.scanner.min_price
         self.max_price = settings.scanner.max_price
 
@@ -137,8 +141,9 @@ class Scanner(Agent):
                     self._reject(result, entry, problem)
                 else:
                     candidates.append(entry)
-            for start in range(0, len(candidates), self.batch_size):
-                self._scan_batch(result, candidates[start : start + self.batch_size], start // self.batch_size + 1)
+            batches = [candidates[i : i + self.batch_size] for i in range(0, len(candidates), self.batch_size)]
+            for part in self._scan_batches(batches):
+                _merge(result, part)
 
         order = {entry.key: index for index, entry in enumerate(unique)}
         result.deals.sort(key=lambda deal: order[deal.entry_key])  # feed order, however they were decided
@@ -151,6 +156,21 @@ class Scanner(Agent):
         return result
 
     # ----------------------------------------------------------------- LLM batches
+
+    def _scan_batches(self, batches: list[list[FeedEntry]]) -> list[ScanResult]:
+        """One partial result per batch, in batch order; up to `concurrency` LLM calls at once."""
+
+        def scan(numbered: tuple[int, list[FeedEntry]]) -> ScanResult:
+            part = ScanResult()
+            self._scan_batch(part, numbered[1], numbered[0])
+            return part
+
+        numbered = list(enumerate(batches, start=1))
+        workers = min(self.concurrency, len(batches))
+        if workers <= 1:
+            return [scan(item) for item in numbered]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deals-scan") as pool:
+            return list(pool.map(scan, numbered))
 
     @staticmethod
     def _screen(entry: FeedEntry) -> str | None:
@@ -240,6 +260,20 @@ class Scanner(Agent):
         result.rejected += 1
         result.rejections.setdefault(entry.key, reason)
         self.log.debug("rejected %s (%s): %s", entry.key, entry.title[:80], reason)
+
+
+def _merge(result: ScanResult, part: ScanResult) -> None:
+    """Add a batch's partial result to the scan's."""
+    result.deals.extend(part.deals)
+    result.rejected += part.rejected
+    for key, reason in part.rejections.items():
+        result.rejections.setdefault(key, reason)
+    result.errors.extend(part.errors)
+    result.rule_based += part.rule_based
+    result.llm_calls += part.llm_calls
+    result.tokens_in += part.tokens_in
+    result.tokens_out += part.tokens_out
+    result.cost_usd += part.cost_usd
 
 
 def _close(a: float, b: float) -> bool:

@@ -12,8 +12,13 @@
         ├── TransientNotifyError    worth retrying (5xx, 429, timeouts)
         └── PermanentNotifyError    not worth retrying (other 4xx, bad numbers)
 
-The CLI turns a `ConfigError` into exit code 2 and any other `DealsError` into exit
-code 1 with its message; the daemon logs and skips them, one item at a time.
+    Cancelled (a BaseException)     the daemon is shutting down: an HTTP request in
+                                    flight was abandoned (see deals.framework.deadline)
+
+The CLI turns a `ConfigError` (and a `StoreLockedError`, in deals.memory.lock) into exit
+code 2 and any other `DealsError` into exit code 1 with its message; the daemon logs and
+skips them, one item at a time. `Cancelled` is not an `Exception`, so the handlers that
+skip one bad item do not swallow it: it unwinds the cycle, which is recorded as stopped.
 """
 
 from __future__ import annotations
@@ -61,6 +66,10 @@ class BudgetExhausted(PricingError):
     """An item deliberately not priced: a member's spending or item cap for this run was reached."""
 
 
+class Cancelled(BaseException):  # noqa: N818 - named like asyncio.CancelledError's role
+    """Shutdown was requested while waiting on the network; the work in progress is abandoned."""
+
+
 class NotifyError(DealsError):
     """An alert could not be delivered."""
 
@@ -75,6 +84,7 @@ class PermanentNotifyError(NotifyError):
 
 __all__ = [
     "BudgetExhausted",
+    "Cancelled",
     "ConfigError",
     "DataError",
     "DealsError",

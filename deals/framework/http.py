@@ -1,18 +1,22 @@
 """Safe HTTP fetching shared by the agents: clients, size caps, deadlines and the URL guard.
 
-    make_client()      an httpx client with timeouts and a User-Agent (feeds: keep-alive;
-                       pages: no keep-alive, because guarded requests are pinned to an IP)
+    make_client()      an httpx client with a User-Agent whose every request has ONE
+                       wall-clock deadline, its timeout, over connect, headers and body
+                       (deals.framework.deadline); no keep-alive for guarded requests,
+                       which are pinned to an IP
     fetch()            one streamed GET that never holds more than `max_bytes` in memory:
                        a body that says or turns out to be larger is refused (FetchError),
-                       or cut off when `truncate=True`; a total deadline also stops bodies
-                       that drip in slowly; HTTP >= 400 is a FetchError
+                       or cut off when `truncate=True`; a server that drips its status
+                       line, headers or body is cut off at the deadline; HTTP >= 400 is a
+                       FetchError
     check_url()        the URL guard: http(s) only, the host resolved and every address
                        checked; private, loopback, link-local, multicast, reserved,
                        unspecified and other non-global addresses refused unless allowed
     fetch_guarded()    fetch() of an untrusted URL (a deal's page): the guard runs on the
                        URL and on every redirect, and the connection is pinned to the
                        checked address (Host header and TLS SNI keep the name), so a DNS
-                       answer that changes between check and connect cannot slip through
+                       answer that changes between check and connect cannot slip through;
+                       one deadline covers the whole chain of redirects
 
 Every failure is a `FetchError` (`UnsafeURLError` and `BodyTooLargeError` are kinds of
 it) whose message names the URL and what went wrong.
@@ -29,6 +33,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from deals.framework.deadline import deadline_transport
 from deals.framework.errors import FetchError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -82,15 +87,18 @@ def make_client(
     keepalive: bool = True,
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
-    """An httpx client with a timeout on every phase, a User-Agent and bounded redirects."""
+    """An httpx client with a User-Agent, bounded redirects and a deadline per request.
+
+    `timeout_s` is the deadline of each request (connect, headers and body together);
+    `transport` replaces the network (tests hand in an `httpx.MockTransport`).
+    """
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=20 if keepalive else 0)
     return httpx.Client(
         timeout=httpx.Timeout(timeout_s),
         headers={"User-Agent": user_agent},
         follow_redirects=follow_redirects,
         max_redirects=MAX_REDIRECTS,
-        limits=limits,
-        transport=transport,
+        transport=transport if transport is not None else deadline_transport(httpx, limits=limits),
     )
 
 
@@ -185,7 +193,9 @@ def fetch(
 
     A larger body raises BodyTooLargeError (refused from its Content-Length when declared,
     before reading it) or, with `truncate=True`, is cut off and marked `truncated`.
-    `timeout_s` is both httpx's per-phase timeout and a deadline for the whole body.
+    `timeout_s` is the deadline of the whole request: connecting, the status line and
+    headers, and the body (with a client from `make_client`; checked between body chunks
+    with any client).
     Redirect responses (when not followed) and 304 come back with an empty body.
     """
     shown = display_url or str(url)
@@ -220,10 +230,10 @@ def fetch(
                     break
                 body += chunk
                 if deadline is not None and time.monotonic() > deadline:
-                    raise FetchError(f"timed out after {timeout_s:g}s reading the body of {shown}")
+                    raise FetchError(f"timed out after {timeout_s:.3g}s reading the body of {shown}")
             return Fetched(display_url or str(response.url), status, response.headers, bytes(body), truncated)
     except httpx.TimeoutException as exc:
-        limit = f"{timeout_s:g}s" if timeout_s else "the client's timeout"
+        limit = f"{timeout_s:.3g}s" if timeout_s else "the client's timeout"
         raise FetchError(f"timed out after {limit} fetching {shown} ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
         raise FetchError(f"cannot fetch {shown}: {type(exc).__name__}: {exc}") from exc
@@ -256,9 +266,14 @@ def fetch_guarded(
 
     Use a client without keep-alive (`make_client(keepalive=False)`): requests are pinned
     to the checked address and must not reuse a connection opened for another host.
+    `timeout_s` bounds the whole chain: every hop gets only the time the earlier ones left.
     """
     current = url
+    deadline = time.monotonic() + timeout_s
     for _ in range(max_redirects + 1):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FetchError(f"timed out after {timeout_s:g}s following redirects from {url}")
         addresses = check_url(current, allow_private=allow_private, resolve=resolve)
         parsed = _parse_url(current)
         request_headers = dict(headers or {})
@@ -271,7 +286,7 @@ def fetch_guarded(
             client,
             target,
             max_bytes=max_bytes,
-            timeout_s=timeout_s,
+            timeout_s=left,
             headers=request_headers,
             truncate=truncate,
             follow_redirects=False,

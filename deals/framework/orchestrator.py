@@ -1,8 +1,8 @@
 """The orchestrator: runs the daemon's cycle on a schedule, and stops it cleanly.
 
     orchestrator = Orchestrator(cycle, settings.scheduler)
-    orchestrator.run_once()       # one cycle now; 0 when it ran to its end, 1 when it crashed
-    orchestrator.run_forever()    # until SIGTERM/SIGINT (or stop()); returns 0
+    orchestrator.run_once()       # one cycle now: the exit status (see below)
+    orchestrator.run_forever()    # until SIGTERM/SIGINT (or stop()): the exit status
 
 The framework knows no agent: it is handed `cycle`, a function of no arguments. Whatever
 the cycle returns is logged with its `summary()` (if it has one) and judged by its `ok`
@@ -15,11 +15,20 @@ delay, `max_instances=1` (cycles never overlap: a tick that falls while a cycle 
 skipped), `coalesce=True` (missed ticks run once, not in a burst) and a misfire grace of
 one interval. With `scheduler.run_at_start` the first cycle runs at once.
 
-Shutdown: the first SIGTERM or SIGINT sets `stopping`; the main thread then shuts the
-scheduler down, waiting for the running cycle, which ends at its next step boundary (every
-write of a cycle is its own SQLite transaction, so nothing is half-written). A second
-signal exits at once (status 130): the store is crash-safe, so that too loses nothing.
-Signal handlers are installed only from the main thread and restored on return.
+Shutdown: the first SIGTERM or SIGINT sets `stopping` and cancels every HTTP request in
+flight (`deals.framework.deadline.cancel_requests`: a feed, page, LLM or Twilio request
+raises `Cancelled` within a fraction of a second), so the running cycle ends at once at
+the step it was in; the main thread waits for it. Every write of a cycle is its own
+SQLite transaction, so nothing is half-written. Should the cycle still be busy after
+`stop_grace_s` (CPU-bound work), or on a second signal, the process exits at once: the
+store is crash-safe, so that too loses nothing, and the next start marks the run
+interrupted. Signal handlers are installed only from the main thread and restored on
+return.
+
+Exit status: `run_once` 0 when the cycle ran to its end, 1 when it crashed or failed;
+both modes 130 after SIGINT (Ctrl-C) and, for `run_once`, 143 after SIGTERM (the cycle
+did not finish); `run_forever` stopped by SIGTERM or `stop()` returns 0, a clean service
+stop. A forced exit (grace over, second signal) is 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from deals.framework import deadline
+from deals.framework.errors import Cancelled
 from deals.framework.settings import SchedulerSettings
 
 log = logging.getLogger("deals.framework.orchestrator")
@@ -46,6 +57,7 @@ log = logging.getLogger("deals.framework.orchestrator")
 Cycle = Callable[[], Any]
 JOB_ID = "deals-cycle"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_GRACE_S = 10.0
 
 
 def describe(result: Any) -> str:
@@ -66,16 +78,21 @@ class Orchestrator:
         *,
         install_signals: bool = True,
         poll_s: float = 0.5,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.cycle = cycle
         self.settings = settings
         self.install_signals = install_signals
         self.poll_s = poll_s
+        self.stop_grace_s = stop_grace_s
         self.stopping = threading.Event()
         self.cycles = 0
         self.failures = 0
+        self.signal: int | None = None
         self._signals_seen = 0
         self._scheduler: BackgroundScheduler | None = None
+        self._watchdog: threading.Timer | None = None
+        self._running = False
 
     # ------------------------------------------------------------------ one cycle
 
@@ -86,6 +103,10 @@ class Orchestrator:
         started = time.perf_counter()
         try:
             result = self.cycle()
+        except Cancelled:  # a cycle that does not handle shutdown itself: stopped, not crashed
+            self.cycles += 1
+            log.info("cycle stopped after %.2fs: shutting down", time.perf_counter() - started)
+            return True
         except Exception:  # noqa: BLE001 - a crashed cycle is logged; the daemon lives on
             self.cycles += 1
             self.failures += 1
@@ -102,9 +123,17 @@ class Orchestrator:
         return ok
 
     def run_once(self) -> int:
-        """One cycle now: exit status 0 when it ran to its end, 1 when it crashed or failed."""
-        with self._signal_handlers():
-            return 0 if self.run_cycle() else 1
+        """One cycle now: exit status 0 when it ran to its end, 1 when it crashed or failed, 128+N after signal N."""
+        deadline.allow_requests()
+        self._running = True
+        try:
+            with self._signal_handlers():
+                ok = self.run_cycle()
+        finally:
+            self._finish()
+        if self.signal is not None:
+            return 128 + self.signal
+        return 0 if ok else 1
 
     # ------------------------------------------------------------------ the daemon
 
@@ -127,6 +156,8 @@ class Orchestrator:
         """Run cycles on schedule until `stop()` or a signal; the running cycle is let finish."""
         scheduler = self.build_scheduler()
         self._scheduler = scheduler
+        deadline.allow_requests()
+        self._running = True
         with self._signal_handlers():
             scheduler.start()
             job = scheduler.get_job(JOB_ID)
@@ -141,15 +172,18 @@ class Orchestrator:
                 while not self.stopping.wait(self.poll_s):
                     pass
             finally:
-                log.info("shutting down: waiting for the running cycle to finish")
+                log.info("shutting down: waiting for the running cycle to stop")
                 scheduler.shutdown(wait=True)
                 self._scheduler = None
+                self._finish()
         log.info("daemon stopped after %d cycles (%d failed)", self.cycles, self.failures)
-        return 0
+        return 130 if self.signal == signal.SIGINT else 0
 
     def stop(self) -> None:
-        """Ask the daemon to stop (the running cycle finishes at its next step boundary)."""
+        """Ask the daemon to stop: requests in flight are cancelled, the running cycle ends at once."""
         self.stopping.set()
+        if self._running:  # the process-wide cancellation is this orchestrator's only while it runs
+            deadline.cancel_requests()
 
     # ------------------------------------------------------------------ internals
 
@@ -160,14 +194,33 @@ class Orchestrator:
         elif event.code == EVENT_JOB_MISSED:
             log.warning("a cycle missed its start time (system busy or suspended); it runs at the next tick")
 
+    def _finish(self) -> None:
+        self._running = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        deadline.allow_requests()
+
     def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals_seen += 1
         name = signal.Signals(signum).name
         if self._signals_seen > 1:
             log.warning("%s again: exiting now (the store is crash-safe; the cycle resumes next start)", name)
-            os._exit(130)
-        log.info("%s received: stopping after the current step", name)
-        self.stopping.set()
+            os._exit(128 + signum)
+        log.info("%s received: stopping (requests in flight are abandoned)", name)
+        self.signal = signum
+        self.stop()
+        self._watchdog = threading.Timer(self.stop_grace_s, self._force_exit, args=(signum,))
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _force_exit(self, signum: int) -> None:
+        log.warning(
+            "the cycle did not stop within %gs: exiting now (the store is crash-safe; the run is marked interrupted next start)",
+            self.stop_grace_s,
+        )
+        logging.shutdown()
+        os._exit(128 + signum)
 
     def _signal_handlers(self) -> _SignalHandlers:
         return _SignalHandlers(self._handle_signal if self.install_signals else None)

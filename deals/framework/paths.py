@@ -17,22 +17,34 @@ from pathlib import Path
 
 import platformdirs
 
+from deals.framework.errors import ConfigError
+
 HOME_ENV = "DEALS_HOME"
 
 
-def home() -> Path:
-    """The state directory: `$DEALS_HOME` if set, else the platform data directory."""
-    raw = os.environ.get(HOME_ENV)
-    path = Path(raw).expanduser() if raw else Path(platformdirs.user_data_dir("deals", appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
+def _directory(path: Path, what: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{what} {path} exists but is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be created: {exc.strerror or exc}") from None
+    if not path.is_dir():
+        raise ConfigError(f"{what} {path} is not a directory")
     return path
+
+
+def home() -> Path:
+    """The state directory: `$DEALS_HOME` if set, else the platform data directory (created; ConfigError if it cannot be)."""
+    raw = os.environ.get(HOME_ENV)
+    if raw:
+        return _directory(Path(raw).expanduser(), f"the state directory (${HOME_ENV})")
+    return _directory(Path(platformdirs.user_data_dir("deals", appauthor=False)), "the state directory")
 
 
 def sub(name: str) -> Path:
     """A sub-directory of the home directory, created on demand."""
-    path = home() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _directory(home() / name, f"the {name} directory")
 
 
 def database_path() -> Path:

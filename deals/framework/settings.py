@@ -6,8 +6,15 @@ Sources, later ones winning:
    keeps the two identical: `deals config --defaults > config.yaml`);
 2. one YAML file: `--config PATH`, else `$DEALS_CONFIG`, else `$DEALS_HOME/config.yaml`
    when it exists;
-3. environment variables `DEALS_<SECTION>__<KEY>` (values parsed as YAML scalars, e.g.
+3. environment variables `DEALS_<SECTION>__<KEY>` (values parsed as YAML, e.g.
    `DEALS_KNN__K=7`, `DEALS_FEEDS__URLS='[http://a, http://b]'`).
+
+The file and the variables are read as YAML whose scalars all stay text (only `null`/`~`
+and empty mean "not set"); the typed models below turn text into numbers and booleans.
+So `+15551234567` stays a phone number and `22:00` a time of day, where plain YAML 1.1
+would have read the integers 15551234567 and 1320. Phone numbers must be E.164 (checked
+with `phonenumbers`, stored in E.164 form); feed URLs must be http(s); every `min`/`max`
+pair must be in order; numbers must be finite.
 
 Secrets (API keys, Twilio credentials) are never settings: they are read from their
 usual environment variables by the code that needs them and never logged.
@@ -18,10 +25,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deals.framework import paths
 from deals.framework.errors import ConfigError
@@ -31,9 +39,43 @@ CONFIG_ENV = "DEALS_CONFIG"
 
 
 class Section(BaseModel):
-    """Base of every settings section: unknown keys are errors, values are validated."""
+    """Base of every settings section: unknown keys are errors, values are validated, numbers finite."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def e164(value: str) -> str:
+    """A phone number in E.164 form ('+15551234567'); ValueError for anything else."""
+    import phonenumbers
+
+    text = str(value).strip()
+    if not text.startswith("+"):
+        raise ValueError(f"{text!r} is not an E.164 phone number (+ country code and number, e.g. +15551234567)")
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"{text!r} is not a phone number: {exc}") from None
+    if not phonenumbers.is_possible_number(number):
+        raise ValueError(f"{text!r} is not a possible phone number (wrong length for its country code)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def check_feed_url(value: str) -> str:
+    """An absolute http(s) URL with a host; ValueError for anything else."""
+    text = str(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text
+
+
+def _in_order(low: float, high: float, names: tuple[str, str]) -> None:
+    if low > high:
+        raise ValueError(f"{names[0]} ({low:g}) must not be above {names[1]} ({high:g})")
+
+
+Phone = Annotated[str, AfterValidator(e164)]
+FeedURL = Annotated[str, AfterValidator(check_feed_url)]
 
 
 class LoggingSettings(Section):
@@ -92,6 +134,11 @@ class PricingSettings(Section):
     max_estimate: float = Field(10_000.0, gt=0, description="estimates are clamped to at most this (USD)")
     interval_level: float = Field(0.8, gt=0, lt=1, description="coverage of the interval shown with every estimate (0.8 = 80%)")
 
+    @model_validator(mode="after")
+    def _check(self) -> PricingSettings:
+        _in_order(self.min_estimate, self.max_estimate, ("min_estimate", "max_estimate"))
+        return self
+
 
 class EvaluationSettings(Section):
     hit_abs: float = Field(40.0, ge=0, description="a hit: error within this many dollars ...")
@@ -135,7 +182,7 @@ class EnsembleSettings(Section):
 
 
 class FeedSettings(Section):
-    urls: list[str] = Field(
+    urls: list[FeedURL] = Field(
         default_factory=lambda: [
             "https://www.dealnews.com/c142/Electronics/?rss=1",
             "https://www.dealnews.com/c39/Computers/?rss=1",
@@ -157,7 +204,14 @@ class FeedSettings(Section):
     page_max_bytes: int = Field(2_000_000, ge=1024, description="pages larger than this are cut off")
     page_text_chars: int = Field(2000, ge=100, description="characters of a fetched page's text kept with the entry")
     page_concurrency: int = Field(4, ge=1, le=64, description="pages fetched at once")
-    allow_private_addresses: bool = Field(False, description="allow page fetches to private/loopback addresses")
+    allow_private_addresses: bool = Field(
+        False, description="allow page fetches and feed redirects to private/loopback addresses (a feed configured at one always may)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FeedSettings:
+        _in_order(self.backoff_base_s, self.backoff_max_s, ("backoff_base_s", "backoff_max_s"))
+        return self
 
 
 class LLMSettings(Section):
@@ -178,13 +232,18 @@ class ScannerSettings(Section):
     min_price: float = Field(1.0, ge=0, description="deals cheaper than this are dropped")
     max_price: float = Field(10_000.0, gt=0, description="deals dearer than this are dropped")
 
+    @model_validator(mode="after")
+    def _check(self) -> ScannerSettings:
+        _in_order(self.min_price, self.max_price, ("min_price", "max_price"))
+        return self
+
 
 class PlannerSettings(Section):
-    concurrency: int = Field(4, ge=1, le=64, description="deals priced at once")
+    concurrency: int = Field(4, ge=1, le=64, description="scanner LLM batches, and pricing batches, run at once")
     min_discount_abs: float = Field(25.0, ge=0, description="an opportunity saves at least this many dollars ...")
     min_discount_rel: float = Field(0.3, ge=0, lt=1, description="... AND at least this share of what the product is worth")
     confidence: float = Field(
-        0.55, gt=0, lt=1,
+        0.5, gt=0, lt=1,
         description="alert only when the offer is a real deal with at least this probability under the estimate's distribution",
     )
     deal_depth: tuple[float, float] = Field(
@@ -202,8 +261,8 @@ class PlannerSettings(Section):
 
 
 class MessengerSettings(Section):
-    to: list[str] = Field(default_factory=list, description="recipient phone numbers (E.164)")
-    from_number: str | None = Field(None, description="Twilio sender number (E.164); TWILIO_FROM_NUMBER overrides")
+    to: list[Phone] = Field(default_factory=list, description="recipient phone numbers (E.164, e.g. +15551234567)")
+    from_number: Phone | None = Field(None, description="Twilio sender number (E.164); TWILIO_FROM_NUMBER overrides")
     base_url: str | None = Field(None, description="Twilio API base URL (proxies, tests); null = https://api.twilio.com")
     max_chars: int = Field(306, ge=70, le=1600, description="longest message sent (306 = two SMS segments, shown as one)")
     daily_cap: int = Field(10, ge=0, description="alerts sent per local day at most")
@@ -217,8 +276,8 @@ class MessengerSettings(Section):
 
 
 class SchedulerSettings(Section):
-    interval_minutes: float = Field(30.0, gt=0, description="minutes between cycles")
-    jitter_s: int = Field(60, ge=0, description="random delay added to each cycle start")
+    interval_minutes: float = Field(30.0, gt=0, le=10_080, description="minutes between cycles (at most a week)")
+    jitter_s: int = Field(60, ge=0, le=86_400, description="random delay added to each cycle start")
     run_at_start: bool = Field(True, description="run a first cycle as soon as the daemon starts")
 
 
@@ -246,6 +305,21 @@ class Settings(Section):
 # --------------------------------------------------------------------------- loading
 
 
+class _TextLoader(yaml.SafeLoader):
+    """YAML whose scalars stay text, except null: the typed settings convert the rest."""
+
+
+_TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:null"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_text_yaml(text: str) -> Any:
+    """Parse YAML keeping every scalar as a string (None for null/~/empty)."""
+    return yaml.load(text, Loader=_TextLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def config_file(explicit: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Path | None:
     """The YAML file to read: explicit path, `$DEALS_CONFIG`, or `$DEALS_HOME/config.yaml` if present."""
     environ = os.environ if environ is None else environ
@@ -253,8 +327,11 @@ def config_file(explicit: str | os.PathLike[str] | None = None, environ: dict[st
         return Path(explicit)
     if environ.get(CONFIG_ENV):
         return Path(environ[CONFIG_ENV])
-    candidate = paths.home() / "config.yaml"
-    return candidate if candidate.exists() else None
+    try:
+        candidate = paths.home() / "config.yaml"
+    except OSError as exc:
+        raise ConfigError(str(exc)) from None
+    return candidate if candidate.is_file() else None
 
 
 def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
@@ -266,9 +343,9 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[tuple[
             continue
         keys = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_text_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{'.'.join(keys)}: cannot parse environment variable {name}: {exc}") from exc
+            raise ConfigError(f"{'.'.join(keys)}: cannot parse environment variable {name}: {exc}") from None
         node = data
         for key in keys[:-1]:
             node = node.setdefault(key, {})
@@ -289,14 +366,25 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
-    """The mapping in a YAML file; a `ConfigError` naming the file when it is missing, invalid or not a mapping."""
+def read_yaml(path: Path, what: str = "config file", *, text_scalars: bool = False) -> dict[str, Any]:
+    """The mapping in a YAML file; a `ConfigError` naming the file when it cannot be read, is invalid or not a mapping.
+
+    `text_scalars`: keep every scalar as text (see the module docstring), as the settings do.
+    """
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{what} not found: {path}") from exc
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the {what} as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        loaded = load_text_yaml(text) if text_scalars else yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -310,7 +398,7 @@ def load_settings(
     """Settings from defaults, one YAML file and `DEALS_*__*` environment variables."""
     environ = dict(os.environ if environ is None else environ)
     path = config_file(config, environ)
-    file_data = read_yaml(path) if path else {}
+    file_data = read_yaml(path, text_scalars=True) if path else {}
     env_data, env_origin = _env_overrides(environ)
     merged = _merge(file_data, env_data)
     try:
@@ -320,7 +408,11 @@ def load_settings(
         for error in exc.errors():
             loc = tuple(str(part) for part in error["loc"])
             source = next(
-                (f"environment variable {var}" for keys, var in env_origin.items() if loc[: len(keys)] == keys),
+                (
+                    f"environment variable {var}"
+                    for keys, var in env_origin.items()
+                    if loc[: len(keys)] == keys or (error["type"] == "extra_forbidden" and keys[: len(loc)] == loc)
+                ),
                 str(path) if path else "built-in defaults",
             )
             problems.append(f"{'.'.join(loc) or '(top level)'}: {error['msg']} (from {source})")
@@ -354,4 +446,4 @@ def render_defaults() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Settings", "load_settings", "render_defaults", "config_file"]
+__all__ = ["Settings", "check_feed_url", "config_file", "e164", "load_settings", "load_text_yaml", "render_defaults"]

@@ -176,7 +176,44 @@ def m005_pricing_attempts(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m006_estimate_intervals(db: sqlite3.Connection) -> None:
+def m006_send_attempts(db: sqlite3.Connection) -> None:
+    """Every attempt to hand an alert to the provider, so that a duplicate SMS is never invisible."""
+    _run(
+        db,
+        """CREATE TABLE sends (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alert_id INTEGER NOT NULL REFERENCES alerts(id) ON DELETE CASCADE,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            outcome TEXT NOT NULL DEFAULT 'pending',
+            provider_id TEXT,
+            error TEXT,
+            pid INTEGER
+        )""",
+        "CREATE INDEX sends_alert ON sends(alert_id)",
+    )
+
+
+@migration
+def m007_dedupe_keys(db: sqlite3.Connection) -> None:
+    """Seen entries under the new dedupe key as well (http/https, www. and a trailing slash ignored).
+
+    Entries seen before keep matching, so nothing already seen (and texted) comes back as new.
+    """
+    from deals.framework.urls import dedupe_key
+
+    rows = db.execute("SELECT key, feed_url, first_seen FROM seen_entries WHERE key LIKE 'http%'").fetchall()
+    added = []
+    for key, feed_url, first_seen in rows:
+        try:
+            added.append((dedupe_key(key), feed_url, first_seen))
+        except ValueError:
+            continue
+    db.executemany("INSERT OR IGNORE INTO seen_entries (key, feed_url, first_seen) VALUES (?, ?, ?)", added)
+
+
+@migration
+def m008_estimate_intervals(db: sqlite3.Connection) -> None:
     """Each estimate's interval and distribution, and the planner's decision with its reason."""
     _run(
         db,

@@ -1,7 +1,16 @@
 """The memory store: everything the daemon remembers, in one SQLite file.
 
 Feed state, seen entries, deals, estimates (with each pricer's part), opportunities, the
-alert outbox and cycle runs; the schema lives in `deals.memory.migrations`.
+alert outbox with every send attempt, and cycle runs; the schema lives in
+`deals.memory.migrations`.
+
+Alerts are claimed atomically (`claim_alert`: queued -> sending only if still queued), so
+two processes can never both send one alert; every hand-over to the provider is a row in
+`sends` (`begin_send`/`end_send`), and `history()` counts the SMS the provider accepted
+per opportunity, so a duplicate can never be invisible.
+
+A database that cannot be read or written (corrupt pages, a read-only file or folder, a
+full disk) raises `StoreError` naming the file and what to do, never a raw sqlite3 error.
 
 SQLite runs in WAL mode (readers such as `deals history` never block the daemon) with a
 `busy_timeout` and foreign keys on. Concurrency: ONE connection per `Store`, guarded by a
@@ -38,7 +47,28 @@ _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 
 
 class StoreError(DealsError):
-    """The memory store was misused: closed, or asked about a row that does not exist."""
+    """The memory store was misused (closed, an unknown row) or its file cannot be used."""
+
+
+def explain(path: Path | str, exc: sqlite3.Error) -> str:
+    """What went wrong with the database file, and what to do: never 'delete it' for a permission problem."""
+    text = str(exc)
+    lowered = text.lower()
+    if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered or "permission" in lowered:
+        return (
+            f"{path}: the memory store cannot be written ({text}); check that this user may write the file "
+            "and its folder (and the -wal/-shm files beside it)"
+        )
+    if "disk is full" in lowered or "database or disk is full" in lowered:
+        return f"{path}: the disk is full ({text}); nothing was lost, free some space"
+    if "locked" in lowered or "busy" in lowered:
+        return f"{path}: the memory store is busy ({text}); another process holds it too long"
+    if "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered:
+        return (
+            f"{path}: the memory store is damaged ({text}); restore it from a backup, or try "
+            f"`sqlite3 {path} .recover`; moving it away starts afresh but forgets what was seen and sent"
+        )
+    return f"{path}: memory store error: {text}"
 
 
 # --------------------------------------------------------------------------- rows
@@ -76,7 +106,9 @@ class HistoryRow(BaseModel):
     high: float | None = Field(None, description="upper end of the estimate's interval")
     parts: dict[str, float] = Field(default_factory=dict, description="the members' estimates")
     alerts: dict[str, int] = Field(default_factory=dict, description="alert count per outbox state")
-    alert_status: str = Field("none", description="e.g. 'sent 2' or 'queued 1, failed 1'")
+    alert_status: str = Field("none", description="e.g. 'sent 2' or 'queued 1, failed 1'; '(3 SMS!)' when the provider took more")
+    sms_sent: int = Field(0, description="messages the provider accepted for this opportunity (all recipients, every attempt)")
+    send_attempts: int = Field(0, description="hand-overs to the provider, whatever their outcome")
 
 
 class RunRow(BaseModel):
@@ -136,7 +168,7 @@ class Store:
         try:
             db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
         except sqlite3.Error as exc:
-            raise StoreError(f"{path}: cannot open the memory store: {exc}") from exc
+            raise StoreError(explain(path, exc)) from None
         try:
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
@@ -144,9 +176,9 @@ class Store:
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
             apply_migrations(db)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             db.close()
-            raise StoreError(f"{path}: not a usable deals database ({exc}); move it away to start afresh") from exc
+            raise StoreError(explain(path, exc)) from None
         self._db = db
 
     @classmethod
@@ -167,27 +199,43 @@ class Store:
         """Group writes atomically; nested blocks join the outermost transaction."""
         with self._lock:
             db = self.db
-            if self._depth == 0:
-                db.execute("BEGIN IMMEDIATE")
+            with self._errors():
+                if self._depth == 0:
+                    db.execute("BEGIN IMMEDIATE")
             self._depth += 1
             try:
-                yield db
+                with self._errors():
+                    yield db
             except BaseException:
                 self._depth -= 1
                 if self._depth == 0:
-                    db.execute("ROLLBACK")
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:  # the transaction may already be gone (disk I/O error)
+                        pass
                 raise
             else:
                 self._depth -= 1
                 if self._depth == 0:
-                    db.execute("COMMIT")
+                    with self._errors():
+                        db.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """sqlite3 errors about the file become a StoreError naming it (programming errors stay as they are)."""
+        try:
+            yield
+        except (sqlite3.DatabaseError, sqlite3.OperationalError) as exc:
+            if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+                raise
+            raise StoreError(explain(self.path, exc)) from exc
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, self._errors():
             return self.db.execute(sql, params).fetchall()
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        with self._lock:
+        with self._lock, self._errors():
             return self.db.execute(sql, params).fetchone()
 
     def _now(self, at: datetime | None = None) -> str:
@@ -430,7 +478,11 @@ class Store:
         """The most recent opportunities, newest first, with their alert states."""
         rows = self._all(
             """SELECT o.*, d.description, d.url, e.pricer, e.low, e.high, e.parts,
-                      (SELECT group_concat(a.state) FROM alerts a WHERE a.opportunity_id = o.id) AS states
+                      (SELECT group_concat(a.state) FROM alerts a WHERE a.opportunity_id = o.id) AS states,
+                      (SELECT COUNT(*) FROM sends s JOIN alerts a ON a.id = s.alert_id
+                       WHERE a.opportunity_id = o.id AND s.outcome = 'sent') AS sms,
+                      (SELECT COUNT(*) FROM sends s JOIN alerts a ON a.id = s.alert_id
+                       WHERE a.opportunity_id = o.id) AS attempts
                FROM opportunities o JOIN deals d ON d.entry_key = o.deal_key
                LEFT JOIN estimates e ON e.deal_key = o.deal_key
                ORDER BY o.created_at DESC, o.id DESC LIMIT ?""",
@@ -440,6 +492,8 @@ class Store:
         for row in rows:
             counts = Counter((row["states"] or "").split(",")) if row["states"] else Counter()
             summary = ", ".join(f"{state} {counts[state]}" for state in ALERT_STATES if counts[state]) or "none"
+            if row["sms"] > counts["sent"]:
+                summary += f" ({row['sms']} SMS!)"  # the provider took more messages than alerts were sent
             out.append(
                 HistoryRow(
                     id=row["id"],
@@ -456,6 +510,8 @@ class Store:
                     parts=json.loads(row["parts"]) if row["parts"] else {},
                     alerts={state: counts[state] for state in ALERT_STATES if counts[state]},
                     alert_status=summary,
+                    sms_sent=row["sms"],
+                    send_attempts=row["attempts"],
                 )
             )
         return out
@@ -522,14 +578,15 @@ class Store:
         error: str | None = None,
         at: datetime | None = None,
         count_attempt: bool | None = None,
-    ) -> None:
-        """Move an alert to `state`.
+        expect: str | None = None,
+    ) -> bool:
+        """Move an alert to `state`; with `expect`, only if it is in that state now (returns whether it moved).
 
         `provider_id` and `error` are recorded when given (an alert marked sent without an
         error keeps its last error for the record). Marking `sending` counts one attempt
         unless `count_attempt=False`; marking `sent` records `sent_at`.
         """
-        self._check_states([state])
+        self._check_states([state] + ([expect] if expect else []))
         now = self._now(at)
         counted = int(state == "sending" if count_attempt is None else count_attempt)
         with self.transaction() as db:
@@ -537,11 +594,70 @@ class Store:
                 """UPDATE alerts SET state = ?, updated_at = ?, attempts = attempts + ?,
                           provider_id = COALESCE(?, provider_id), last_error = COALESCE(?, last_error),
                           sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END
-                   WHERE id = ?""",
-                (state, now, counted, provider_id, error, state, now, alert_id),
+                   WHERE id = ? AND (? IS NULL OR state = ?)""",
+                (state, now, counted, provider_id, error[:1000] if error else None, state, now, alert_id, expect, expect),
             )
             if cursor.rowcount == 0:
+                if expect is not None and db.execute("SELECT 1 FROM alerts WHERE id = ?", (alert_id,)).fetchone():
+                    return False
                 raise StoreError(f"mark_alert: no alert {alert_id}")
+            return True
+
+    def claim_alert(self, alert_id: int, *, at: datetime | None = None) -> bool:
+        """Move a queued alert to 'sending' (one attempt counted) if it is still queued.
+
+        Atomic: of two processes claiming one alert, exactly one gets True.
+        """
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE alerts SET state = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'queued'",
+                (self._now(at), alert_id),
+            )
+            return cursor.rowcount == 1
+
+    def begin_send(self, alert_id: int, *, at: datetime | None = None) -> int:
+        """Record that an alert is being handed to the provider now; returns the attempt's id."""
+        import os
+
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO sends (alert_id, started_at, outcome, pid) VALUES (?, ?, 'pending', ?)",
+                (alert_id, self._now(at), os.getpid()),
+            )
+            return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def end_send(
+        self, send_id: int, outcome: str, *, provider_id: str | None = None, error: str | None = None, at: datetime | None = None
+    ) -> None:
+        """Record how a send attempt ended: 'sent' (accepted, with the provider's id), 'failed' or 'error' (unknown)."""
+        if outcome not in ("sent", "failed", "error"):
+            raise ValueError(f"unknown send outcome {outcome!r}")
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sends SET outcome = ?, provider_id = COALESCE(?, provider_id), error = ?, finished_at = ? WHERE id = ?",
+                (outcome, provider_id, error[:500] if error else None, self._now(at), send_id),
+            )
+
+    def settle_sends(self, alert_id: int, provider_id: str, *, at: datetime | None = None) -> None:
+        """The provider has `provider_id` for this alert: its unfinished attempt (if any) is the one that went out."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT id FROM sends WHERE alert_id = ? AND outcome IN ('pending', 'error') ORDER BY id DESC LIMIT 1",
+                (alert_id,),
+            ).fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE sends SET outcome = 'sent', provider_id = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                    (provider_id, self._now(at), row[0]),
+                )
+
+    def sends(self, alert_id: int | None = None) -> list[dict[str, Any]]:
+        """Send attempts (of one alert, or all), oldest first, as plain dicts."""
+        if alert_id is None:
+            rows = self._all("SELECT * FROM sends ORDER BY id")
+        else:
+            rows = self._all("SELECT * FROM sends WHERE alert_id = ? ORDER BY id", (alert_id,))
+        return [dict(row) for row in rows]
 
     def count_sent_since(self, when: datetime, recipient: str | None = None) -> int:
         """Alerts sent at or after `when` (to `recipient` only, if given)."""
@@ -568,6 +684,16 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise StoreError(f"finish_run: no run {run_id}")
+
+    def interrupt_unfinished_runs(self) -> int:
+        """Close runs left 'running' by a process that died (SIGKILL, power cut) as 'interrupted'.
+
+        Call only while holding the store's daemon lock (deals.memory.lock): then no run is
+        really in progress. Returns how many were closed.
+        """
+        with self.transaction() as db:
+            cursor = db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'", (self._now(),))
+            return int(cursor.rowcount)
 
     def recent_runs(self, limit: int = 10) -> list[RunRow]:
         rows = self._all("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))

@@ -70,7 +70,14 @@ def make_client(settings: VectorSettings, path: Path | None = None):  # type: ig
             )
         except Exception as exc:  # noqa: BLE001 - connection problems surface as one clear error
             raise IndexError_(f"cannot reach the Chroma server at {settings.url}: {exc}") from exc
-    return chromadb.PersistentClient(path=str(path or paths.vectors_dir()), settings=chroma_settings)
+    where = path or paths.vectors_dir()
+    try:
+        return chromadb.PersistentClient(path=str(where), settings=chroma_settings)
+    except Exception as exc:  # noqa: BLE001 - a read-only or damaged folder surfaces as one clear error
+        raise IndexError_(
+            f"cannot open the vector store in {where}: {type(exc).__name__}: {exc}; check that this user may "
+            "read and write that folder (or rebuild it with `deals index --rebuild`)"
+        ) from None
 
 
 def _metadata(product: Product) -> dict[str, str | float]:
@@ -89,12 +96,18 @@ class VectorStore:
         self.settings = settings
         self.fingerprint = fingerprint
         self.client = client or make_client(settings, path)
-        self.collection = self.client.get_or_create_collection(
-            settings.collection,
-            embedding_function=None,
-            metadata={"embedder": fingerprint},
-            configuration={"hnsw": {"space": "cosine"}},
-        )
+        try:
+            self.collection = self.client.get_or_create_collection(
+                settings.collection,
+                embedding_function=None,
+                metadata={"embedder": fingerprint},
+                configuration={"hnsw": {"space": "cosine"}},
+            )
+        except Exception as exc:  # noqa: BLE001 - read-only, damaged or unreachable: one clear error
+            raise IndexError_(
+                f"cannot open the product index {settings.collection!r}: {type(exc).__name__}: {exc}; "
+                "check that this user may write the vector store (or rebuild it with `deals index --rebuild`)"
+            ) from None
         stored = (self.collection.metadata or {}).get("embedder")
         if stored and stored != fingerprint and self.collection.count() > 0:
             raise IndexError_(
@@ -153,6 +166,14 @@ class VectorStore:
                 elapsed = time.perf_counter() - started
                 bar.update(task, advance=len(chunk), rate=f"{added / elapsed:.0f} new/s" if elapsed else "")
         return IndexReport(len(items), added, skipped, time.perf_counter() - started)
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        return dict(self.collection.metadata or {})
+
+    def mark_seeded(self, starter: str, count: int) -> None:
+        """Record which bundled starter catalogue (by digest) filled this collection, and how many products it had."""
+        self.collection.modify(metadata={**self.metadata, "embedder": self.fingerprint, "starter": starter, "starter_count": count})
 
     def reset(self) -> None:
         """Delete every record (keeps the collection)."""

@@ -59,7 +59,7 @@ class AlertRule(BaseModel):
 
     min_abs: float = Field(25.0, ge=0, description="a real deal saves at least this many dollars ...")
     min_rel: float = Field(0.3, ge=0, lt=1, description="... and at least this share of what the product is worth")
-    confidence: float = Field(0.55, gt=0, lt=1, description="probability an alerted offer must have of being a real deal")
+    confidence: float = Field(0.5, gt=0, lt=1, description="probability an alerted offer must have of being a real deal")
     deal_depth: tuple[float, float] = Field((0.4, 1.1), description="offers come at this range of fractions of the value")
 
     @classmethod

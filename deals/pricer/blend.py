@@ -45,6 +45,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from textwrap import shorten
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -461,9 +462,10 @@ def create_members(
             created[name] = create_pricer(name, settings)
         except (DealsError, ImportError) as exc:
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ImportError) else str(exc)
-            missing[name] = reason.splitlines()[0][:200]
-            # Not configured (no LLM key, no trained adapter) is the normal embedded default: info, not a warning.
-            level = logging.INFO if isinstance(exc, (ConfigError, PricingError)) else logging.WARNING
+            missing[name] = shorten(reason.splitlines()[0], 200, placeholder="...")
+            # Not configured (no LLM key, no trained adapter) is the normal embedded default: the estimate's note and
+            # `deals ensemble` say so; only an unexpected failure is worth a warning.
+            level = logging.DEBUG if isinstance(exc, (ConfigError, PricingError)) else logging.WARNING
             log.log(level, "ensemble: member %s is unavailable (%s); the others are re-weighted", name, missing[name])
     return created, missing
 

@@ -380,14 +380,33 @@ def iter_products(
     log.info("read %d products from %s (%d rows skipped)", count, path, dropped)
 
 
-def load_products(path: str | os.PathLike[str], *, source: str | None = None) -> list[Product]:
-    """All products of one file (see the module docstring for formats and layouts)."""
-    return list(iter_products(path, source=source))
+def load_products(
+    path: str | os.PathLike[str], *, source: str | None = None, skipped: Counter[str] | None = None
+) -> list[Product]:
+    """All products of one file (see the module docstring for formats and layouts).
+
+    Rows skipped as unusable are counted in `skipped` (by reason) and logged; a file with
+    no usable product at all (empty, or only bad rows) is a `DataError` saying so.
+    """
+    skipped = skipped if skipped is not None else Counter()
+    before = Counter(skipped)
+    products = list(iter_products(path, source=source, skipped=skipped))
+    these = skipped - before
+    if these:
+        log.warning("%s: %d rows skipped (%s)", path, sum(these.values()), _reasons(these))
+    if not products:
+        detail = f" ({sum(these.values())} rows skipped: {_reasons(these)})" if these else " (the file holds no rows)"
+        raise DataError(f"{path}: no usable products{detail}")
+    return products
 
 
-def load_many(paths: Iterable[str | os.PathLike[str]]) -> list[Product]:
-    """The products of several files, in order; each file's stem is its default source."""
-    return [product for path in paths for product in iter_products(path)]
+def _reasons(counts: Counter[str]) -> str:
+    return ", ".join(f"{reason}={count}" for reason, count in sorted(counts.items()))
+
+
+def load_many(paths: Iterable[str | os.PathLike[str]], *, skipped: Counter[str] | None = None) -> list[Product]:
+    """The products of several files, in order; each file's stem is its default source (each must hold some)."""
+    return [product for path in paths for product in load_products(path, skipped=skipped)]
 
 
 def load_reference_prices(path: str | os.PathLike[str]) -> list[float]:

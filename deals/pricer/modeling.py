@@ -86,10 +86,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def bitsandbytes_available() -> bool:
+    """True when bitsandbytes is installed; a broken install (its import fails inside) raises, never a silent False."""
     try:
         import bitsandbytes  # noqa: F401
-    except Exception:  # noqa: BLE001 - missing, or broken native library
-        return False
+    except ModuleNotFoundError as exc:
+        if exc.name == "bitsandbytes":
+            return False
+        raise
     return True
 
 
@@ -294,10 +297,10 @@ def load_base_model(
 
 def keep_4bit_trainable(model: Any) -> int:
     """Stop bitsandbytes from repacking 4-bit CPU weights for inference (see the module docstring)."""
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except Exception:  # noqa: BLE001 - no bitsandbytes, nothing to do
-        return 0
+    if not bitsandbytes_available():
+        return 0  # no bitsandbytes, nothing to do
+    from bitsandbytes.nn import Linear4bit
+
     count = 0
     for module in model.modules():
         if isinstance(module, Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):

@@ -8,7 +8,8 @@ honoured; the path actually requested is recorded):
     POST .../messages           Anthropic Messages (incl. `output_config.format` json_schema,
                                 as sent by `client.messages.parse`)
 
-Every request is recorded (`server.requests`) with its path, headers and parsed JSON body.
+Every request is recorded (`server.requests`) with its path, headers and parsed JSON body;
+`server.max_in_flight` is the most requests it was answering at once.
 What the server answers is scriptable: a *responder* is a function from the recorded
 request to a `Reply`. `server.respond(responder)` sets the default; `server.queue(...)`
 adds one-shot responders used first, in order. Canned responders, each answering in the
@@ -240,6 +241,8 @@ class FakeLLMServer:
 
     def __init__(self, responder: Responder | None = None) -> None:
         self.requests: list[Recorded] = []
+        self.max_in_flight = 0
+        self._in_flight = 0
         self._default: Responder = responder or answer(DEFAULT_MODEL_REPLY)
         self._queue: list[Responder] = []
         self._lock = threading.Lock()
@@ -296,6 +299,16 @@ class FakeLLMServer:
                 return
 
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                with server._lock:
+                    server._in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server._in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with server._lock:
+                        server._in_flight -= 1
+
+            def _answer(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 try:

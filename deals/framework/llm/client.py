@@ -15,6 +15,9 @@ Structured output goes through the providers' own SDK helpers:
   schema is salvaged from its first JSON object (or, for one-number schemas, its first
   number) before giving up.
 
+`llm.timeout_s` is a wall-clock deadline for each HTTP request (connect, headers and the
+whole body: a server that drips its reply cannot hold a call longer), through
+`deals.framework.deadline`; a shutdown abandons a call in flight (`Cancelled`).
 Timeouts and transient errors (connection errors, 408/409/429/5xx) are retried by the
 SDK itself, `llm.max_retries` times with its exponential backoff; what still fails, and
 refusals, truncated or unusable replies, raise `LLMError` with a message naming the
@@ -114,8 +117,7 @@ class LLMClient:
             "timeout": settings.timeout_s,
             "max_retries": settings.max_retries,
         }
-        if http_client is not None:
-            common["http_client"] = http_client
+        common["http_client"] = http_client if http_client is not None else self._http_client(settings.provider)
         if settings.base_url:
             common["base_url"] = settings.base_url
         self._client: Any
@@ -123,6 +125,17 @@ class LLMClient:
             self._client = anthropic.Anthropic(**common)
         else:
             self._client = openai.OpenAI(**common)
+
+    @staticmethod
+    def _http_client(provider: str) -> Any:
+        """The SDK's own default HTTP client, on a transport with a deadline per request."""
+        import httpx2
+
+        from deals.framework.deadline import deadline_transport
+
+        sdk: Any = anthropic if provider == "anthropic" else openai
+        limits = httpx2.Limits(max_connections=100, max_keepalive_connections=20)
+        return sdk.DefaultHttpxClient(transport=deadline_transport(httpx2, limits=limits))
 
     @classmethod
     def from_settings(cls, settings: LLMSettings, **kwargs: Any) -> LLMClient:
