@@ -260,8 +260,100 @@ class PlannerSettings(Section):
         return self
 
 
+_CLOCK = r"^\d\d:\d\d$"
+MAX_REGEX_CHARS = 200
+
+
+def check_regex(value: str | None) -> str | None:
+    """A regular expression that compiles (case-insensitive matching); ValueError naming the problem."""
+    import re
+
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    if len(text) > MAX_REGEX_CHARS:
+        raise ValueError(f"a regular expression of at most {MAX_REGEX_CHARS} characters, not {len(text)}")
+    try:
+        re.compile(text, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"{text!r} is not a regular expression: {exc}") from None
+    return text
+
+
+Regex = Annotated[str | None, AfterValidator(check_regex)]
+
+
+class WatchRule(Section):
+    """One watch of a recipient: what to match, and when it is worth a text (see deals.agents.watchlist)."""
+
+    name: str = Field("", max_length=80, description="a label shown in lists and the dashboard (default: the keywords)")
+    keywords: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(
+        default_factory=list, description="words or phrases that must ALL appear in the deal's title or description (any case)"
+    )
+    regex: Regex = Field(None, description="a regular expression the title or description must match (any case)")
+    max_price: float | None = Field(None, gt=0, description="only deals at or below this price (USD)")
+    min_saving_abs: float | None = Field(None, ge=0, description="overrides planner.min_discount_abs for this watch")
+    min_saving_rel: float | None = Field(None, ge=0, lt=1, description="overrides planner.min_discount_rel for this watch")
+    feeds: list[FeedURL] = Field(default_factory=list, description="only deals from these feeds (empty: any feed)")
+    target_price: float | None = Field(
+        None, gt=0, description="a target-price watch: text when a matching product is at or below this, whatever the estimate says"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WatchRule:
+        if not self.keywords and not self.regex:
+            raise ValueError("a watch needs keywords or a regex")
+        return self
+
+
+def _check_quiet(start: str | None, end: str | None) -> None:
+    if (start is None) != (end is None):
+        raise ValueError("quiet_start and quiet_end must be set together")
+    for value in (start, end):
+        if value is not None:
+            hours, minutes = (int(part) for part in value.split(":"))
+            if not (0 <= hours < 24 and 0 <= minutes < 60):
+                raise ValueError(f"{value!r} is not a time of day (HH:MM, 00:00-23:59)")
+
+
+class RecipientSettings(Section):
+    """A recipient with rules of their own; one with no watches gets the general opportunities."""
+
+    number: Phone = Field(description="phone number (E.164)")
+    daily_cap: int | None = Field(None, ge=0, description="alerts per local day for this recipient (default messenger.daily_cap)")
+    quiet_start: str | None = Field(None, pattern=_CLOCK, description="this recipient's quiet hours start (HH:MM; default messenger's)")
+    quiet_end: str | None = Field(None, pattern=_CLOCK, description="this recipient's quiet hours end (HH:MM)")
+    watches: list[WatchRule] = Field(default_factory=list, description="what this recipient wants texted (empty: the general opportunities)")
+
+    @model_validator(mode="after")
+    def _check(self) -> RecipientSettings:
+        _check_quiet(self.quiet_start, self.quiet_end)
+        return self
+
+
+RECIPIENTS_EXAMPLE = """\
+- number: "+15551234567"
+  daily_cap: 5                  # null: messenger.daily_cap
+  quiet_start: "22:00"          # both or neither; null: messenger's quiet hours
+  quiet_end: "07:00"
+  watches:
+    - name: headphones
+      keywords: [sony, headphones]  # all must appear (any case); or regex: "wh-1000xm[45]"
+      max_price: 300
+      min_saving_abs: 40        # override planner.min_discount_abs for this watch
+      min_saving_rel: 0.25      # override planner.min_discount_rel
+      feeds: []                 # only these feeds (empty: any)
+    - keywords: [oled, tv]
+      target_price: 800         # text at or below $800, whatever the estimate says"""
+
+
 class MessengerSettings(Section):
     to: list[Phone] = Field(default_factory=list, description="recipient phone numbers (E.164, e.g. +15551234567)")
+    recipients: list[RecipientSettings] = Field(
+        default_factory=list,
+        description="per-recipient rules: number, daily_cap, quiet_start/quiet_end and watches (also `deals watch` and the dashboard)",
+        json_schema_extra={"example": RECIPIENTS_EXAMPLE},
+    )
     from_number: Phone | None = Field(None, description="Twilio sender number (E.164); TWILIO_FROM_NUMBER overrides")
     base_url: str | None = Field(None, description="Twilio API base URL (proxies, tests); null = https://api.twilio.com")
     max_chars: int = Field(306, ge=70, le=1600, description="longest message sent (306 = two SMS segments, shown as one)")
@@ -273,6 +365,17 @@ class MessengerSettings(Section):
     retry_base_s: float = Field(1.0, ge=0, description="first retry wait; doubles per attempt")
     max_age_hours: float = Field(24.0, gt=0, description="alerts still unsent after this long are skipped as stale")
     timeout_s: float = Field(15.0, gt=0, description="HTTP timeout of Twilio API calls")
+
+
+class DashboardSettings(Section):
+    host: str = Field("127.0.0.1", min_length=1, description="address the dashboard binds to; any other than loopback needs DEALS_DASHBOARD_TOKEN")
+    port: int = Field(8484, ge=1, le=65535, description="TCP port of the dashboard")
+    page_size: int = Field(50, ge=5, le=500, description="rows per page in the dashboard's lists")
+    refresh_s: int = Field(30, ge=0, le=3600, description="seconds between live updates of lists (htmx polling; 0 = off)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host headers accepted besides the bound address and localhost (a reverse proxy's public name)",
+    )
 
 
 class SchedulerSettings(Section):
@@ -300,6 +403,7 @@ class Settings(Section):
     planner: PlannerSettings = Field(default_factory=PlannerSettings, description="the planner (what is an opportunity)")
     messenger: MessengerSettings = Field(default_factory=MessengerSettings, description="SMS alerts through Twilio")
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="the daemon's schedule")
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="the web dashboard (`deals dashboard`, `deals run --dashboard`)")
 
 
 # --------------------------------------------------------------------------- loading
@@ -443,7 +547,10 @@ def render_defaults() -> str:
                 lines += [f"    - {yaml.safe_dump(item, default_flow_style=True).strip().removesuffix('...').strip()}" for item in value]
             else:
                 lines.append(f"  {key}: {dumped}  # {sub.description}")
+            example = (sub.json_schema_extra or {}).get("example") if isinstance(sub.json_schema_extra, dict) else None
+            if example:
+                lines += [f"  #   {line}" for line in str(example).splitlines()]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Settings", "check_feed_url", "config_file", "e164", "load_settings", "load_text_yaml", "render_defaults"]
+__all__ = ["DashboardSettings", "RecipientSettings", "Settings", "WatchRule", "check_feed_url", "check_regex", "config_file", "e164", "load_settings", "load_text_yaml", "render_defaults"]

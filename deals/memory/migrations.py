@@ -226,6 +226,111 @@ def m008_estimate_intervals(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m009_entries(db: sqlite3.Connection) -> None:
+    """Every new feed entry with what the feed claimed and what became of it; price history by product.
+
+    One row per entry key (the key of `seen_entries` and `deals`): the feed, title, link,
+    the feed's own "was/list" price, the canonical product key (`deals.framework.product_key`),
+    the deal price when the scanner took it (a sighting of that product), and the decision:
+    the scanner's rejection ("not a single product", with its reason), the planner's
+    ("deal", "not cheap enough", "low confidence", "too good to be true"), "pricing failed",
+    or null while it waits to be priced. The decision is kept here as well as in `estimates`
+    so that the dashboard filters by it through an index. Deals stored before this migration
+    are copied in (title = description, outcome "deal").
+    """
+    _run(
+        db,
+        """CREATE TABLE entries (
+            key TEXT PRIMARY KEY,
+            feed_url TEXT NOT NULL,
+            title TEXT NOT NULL,
+            url TEXT NOT NULL,
+            retailer TEXT,
+            list_price REAL,
+            product_key TEXT NOT NULL,
+            price REAL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('deal', 'rejected')),
+            decision TEXT,
+            reason TEXT,
+            seen_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX entries_seen_at ON entries(seen_at, key)",
+        "CREATE INDEX entries_feed ON entries(feed_url, seen_at)",
+        "CREATE INDEX entries_decision ON entries(decision, seen_at)",
+        "CREATE INDEX entries_product ON entries(product_key, seen_at)",
+        """INSERT INTO entries (key, feed_url, title, url, product_key, price, outcome, decision, seen_at)
+           SELECT d.entry_key, COALESCE(s.feed_url, ''), d.description, d.url, 'title:' || lower(d.description), d.price,
+                  'deal', e.decision, d.created_at
+           FROM deals d LEFT JOIN seen_entries s ON s.key = d.entry_key LEFT JOIN estimates e ON e.deal_key = d.entry_key""",
+    )
+
+
+@migration
+def m010_watches(db: sqlite3.Connection) -> None:
+    """Recipients' own settings and watches added from the CLI or the dashboard; who each opportunity is for.
+
+    `routes` is decided once, when the opportunity is stored (by `deals.agents.watchlist`):
+    one row per recipient it goes to, with why. The outbox (`alerts`) then holds one alert
+    per route, exactly once. Ids are assigned by the store (max + 1 in the writing
+    transaction).
+    """
+    _run(
+        db,
+        """CREATE TABLE recipients (
+            number TEXT PRIMARY KEY,
+            daily_cap INTEGER,
+            quiet_start TEXT,
+            quiet_end TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE watches (
+            id INTEGER PRIMARY KEY,
+            recipient TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX watches_recipient ON watches(recipient)",
+        """CREATE TABLE routes (
+            opportunity_id INTEGER NOT NULL REFERENCES opportunities(id) ON DELETE CASCADE,
+            recipient TEXT NOT NULL,
+            why TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (opportunity_id, recipient)
+        )""",
+        "CREATE INDEX routes_created_at ON routes(created_at)",
+    )
+
+
+@migration
+def m011_feed_controls(db: sqlite3.Connection) -> None:
+    """Feeds added or disabled from the dashboard, on top of `feeds.urls` in the configuration."""
+    _run(
+        db,
+        """CREATE TABLE feed_controls (
+            url TEXT PRIMARY KEY,
+            added INTEGER NOT NULL DEFAULT 0,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            updated_at TEXT NOT NULL
+        )""",
+    )
+
+
+@migration
+def m012_dashboard_indexes(db: sqlite3.Connection) -> None:
+    """Indexes for the dashboard's lists: opportunities and runs newest first, the outbox by time, costs by day."""
+    _run(
+        db,
+        "CREATE INDEX opportunities_created_id ON opportunities(created_at, id)",
+        "CREATE INDEX alerts_opportunity ON alerts(opportunity_id)",
+        "CREATE INDEX alerts_created ON alerts(created_at, id)",
+        "CREATE INDEX alerts_state_created ON alerts(state, created_at)",
+        "CREATE INDEX llm_calls_agent_at ON llm_calls(agent, at)",
+        "CREATE INDEX estimates_created_at ON estimates(created_at)",
+    )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -40,7 +40,10 @@ from pydantic import BaseModel, Field
 from deals.framework import paths
 from deals.framework.errors import DealsError
 from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity, Quantile, utcnow
+from deals.memory.history import EntriesMixin
 from deals.memory.migrations import apply_migrations
+from deals.memory.views import ViewsMixin
+from deals.memory.watches import WatchesMixin
 
 ALERT_STATES = ("queued", "sending", "sent", "failed", "skipped")
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
@@ -148,8 +151,13 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 # --------------------------------------------------------------------------- store
 
 
-class Store:
-    """The SQLite memory store (see the module docstring for threading and transactions)."""
+class Store(EntriesMixin, WatchesMixin, ViewsMixin):
+    """The SQLite memory store (see the module docstring for threading and transactions).
+
+    Entries and price history (`deals.memory.history`), watches, routes and feed controls
+    (`deals.memory.watches`) and the dashboard's read model (`deals.memory.views`) are
+    mixed in from their own modules.
+    """
 
     def __init__(
         self,
