@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deals.agents import notifiers
-from deals.agents.messenger import format_alert
+from deals.agents.messenger import alert_body
 from deals.pricer.alerts import AlertRule, alert_below, alerts_at
 from deals.cli import app
 from deals.framework.settings import Settings
@@ -119,7 +119,7 @@ def check_stored_and_sent(world: World) -> list[str]:
         # one SMS per opportunity and recipient, with the alert text, through the real SDK
         sent = sorted((m["to"], m["body"]) for m in world.twilio.created)
         wanted = sorted(
-            (to, format_alert(store.get_opportunity(stored[key]), settings.messenger.max_chars))
+            (to, alert_body(store, stored[key], store.get_opportunity(stored[key]), settings.messenger.max_chars))
             for key in expected_opportunities
             for to in (ALICE, BOB)
         )

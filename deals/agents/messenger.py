@@ -45,17 +45,19 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, time as dtime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field
 
-from deals.agents.notifiers import Notifier, build_notifier, warn_once
+from deals.agents.notifiers import CONSOLE_RECIPIENT, Notifier, build_notifier, warn_once
+from deals.agents.watchlist import Recipient, Watchlist
 from deals.framework.agent import Agent
 from deals.framework.errors import ConfigError, DealsError, NotifyError, PermanentNotifyError
 from deals.framework.models import Opportunity, utcnow
 from deals.framework.settings import Settings
+from deals.memory.history import PriceContext
 from deals.memory.store import AlertRow, Store
 
 # --------------------------------------------------------------------------- message text
@@ -120,8 +122,11 @@ def _short_link(url: str) -> str:
     return url.split("#", 1)[0].split("?", 1)[0]
 
 
-def format_alert(opp: Opportunity, max_chars: int = 306) -> str:
+def format_alert(opp: Opportunity, max_chars: int = 306, notes: Sequence[str] = ()) -> str:
     """The alert text: product name, price, estimate and its interval, saving, link; never over `max_chars`.
+
+    `notes` follow the saving (the feed's "was" price, "lowest seen in 30 days: $X": see
+    `alert_notes`).
 
     The name is shortened (with "...") before anything else, but keeps at least
     `MIN_NAME` characters; when the link leaves no room for that, the link loses its
@@ -131,6 +136,7 @@ def format_alert(opp: Opportunity, max_chars: int = 306) -> str:
     estimate = opp.estimate
     interval = f" ({money(estimate.low)}-{money(estimate.high)})" if estimate.low is not None and estimate.high is not None else ""
     facts = f"{money(opp.deal.price)}, est {money(estimate.price)}{interval}, save {money(opp.discount)} ({pct}%)"
+    facts += "".join(f"; {to_gsm7(note)}" for note in notes if note)
     name = to_gsm7(opp.deal.product_description) or "Deal"
     for link in (to_gsm7(opp.deal.url), to_gsm7(_short_link(opp.deal.url)), ""):
         tail = f"{facts} {link}" if link else f"{facts} (link in deals history)"
@@ -140,6 +146,22 @@ def format_alert(opp: Opportunity, max_chars: int = 306) -> str:
         if budget >= min(MIN_NAME, gsm7_length(name)) and budget >= len(ELLIPSIS) + 4:
             return f"{_cut(name, budget)}: {tail}"
     return _cut(f"{name}: {facts}", max_chars)  # max_chars too small for the facts: cut, but never over
+
+
+def alert_notes(context: PriceContext) -> list[str]:
+    """What price history adds to an alert: the feed's own 'was' price, the product's 30-day low."""
+    notes = []
+    if context.list_price:
+        notes.append(f"feed says was {money(context.list_price)}")
+    if context.lowest is not None:
+        notes.append(context.text())
+    return notes
+
+
+def alert_body(store: Store, opportunity_id: int, opp: Opportunity, max_chars: int = 306) -> str:
+    """The text of an opportunity's alert, with what the store knows of its price history."""
+    del opportunity_id  # the body depends on the deal only (same text for every recipient)
+    return format_alert(opp, max_chars, alert_notes(store.price_context(opp.deal.entry_key)))
 
 
 # --------------------------------------------------------------------------- agent
@@ -199,28 +221,66 @@ class Messenger(Agent):
             (_clock_time(start, "quiet_start"), _clock_time(end, "quiet_end")) if start and end and start != end else None
         )
         self.notifier = notifier or build_notifier(self.config, environ, timeout_s=self.config.timeout_s, logger=self.log)
-        self.recipients = self.notifier.recipients(self.config.to)
+        self._refresh()
         if not self.recipients:
             warn_once("no-recipients", "messenger.to is empty: alerts have nobody to go to", self.log)
         self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        """Recipients and their watches as they are now (the dashboard and `deals watch` edit them at run time)."""
+        self.watchlist = Watchlist.load(self.settings, self.store)
+        self.recipients = self.notifier.recipients(self.watchlist.numbers)
+        self._quiet_of: dict[str, tuple[dtime, dtime] | None] = {}
+        for person in self.watchlist.recipients.values():
+            if person.quiet_start and person.quiet_end:
+                window = (_clock_time(person.quiet_start, "quiet_start"), _clock_time(person.quiet_end, "quiet_end"))
+                self._quiet_of[person.number] = window if window[0] != window[1] else None
+
+    def _targets(self, opportunity_id: int, opp: Opportunity) -> list[tuple[str, str]]:
+        """(recipient, why) for an opportunity: its stored routes, else routed now (and stored)."""
+        if self.recipients == [CONSOLE_RECIPIENT]:  # no SMS: the console shows every opportunity
+            return [(CONSOLE_RECIPIENT, "console")]
+        if self.store.is_routed(opportunity_id):
+            routes = self.store.routes(opportunity_id)
+        else:  # stored by code that does not route (or before routes existed): a general opportunity
+            facts = self.store.entry_facts([opp.deal.entry_key]).get(opp.deal.entry_key)
+            routes = self.watchlist.route(
+                opp.deal, opp.estimate, general=True, title=facts.title if facts else None, feed_url=facts.feed_url if facts else None
+            )
+            self.store.save_routes(opportunity_id, routes or [("", "nobody")])  # '' marks "routed, to nobody"
+        return [(recipient, why) for recipient, why in routes if recipient]
+
+    def _enqueue(self, opportunity_id: int, opp: Opportunity, recipients: Sequence[str], report: MessengerReport) -> bool:
+        """Queue the alert of one opportunity for `recipients`; False when the store refused it."""
+        if not recipients:
+            return True
+        body = alert_body(self.store, opportunity_id, opp, self.config.max_chars)
+        for recipient in recipients:
+            try:
+                self.store.enqueue_alert(opportunity_id, recipient, body, at=self.clock())
+            except DealsError as exc:  # e.g. an id the store does not know: skip that one
+                report.errors.append(str(exc))
+                self.log.error("opportunity %s not queued: %s", opportunity_id, exc)
+                return False
+            report.enqueued += 1
+        return True
 
     # ---------------------------------------------------------------- public
 
     def notify(self, opportunities: list[tuple[int, Opportunity]]) -> MessengerReport:
         """Queue an alert per opportunity and recipient, then deliver everything pending."""
         with self._lock:
+            self._refresh()
             report = MessengerReport()
             self._reconcile(report)
             for opportunity_id, opp in opportunities:
-                body = format_alert(opp, self.config.max_chars)
-                for recipient in self.recipients:
-                    try:
-                        self.store.enqueue_alert(opportunity_id, recipient, body, at=self.clock())
-                    except DealsError as exc:  # e.g. an id the store does not know: skip that one
-                        report.errors.append(str(exc))
-                        self.log.error("opportunity %s not queued: %s", opportunity_id, exc)
-                        break
-                    report.enqueued += 1
+                try:
+                    targets = self._targets(opportunity_id, opp)
+                except DealsError as exc:  # e.g. an id the store does not know: skip that one
+                    report.errors.append(str(exc))
+                    self.log.error("opportunity %s not queued: %s", opportunity_id, exc)
+                    continue
+                self._enqueue(opportunity_id, opp, [r for r, _ in targets], report)
             self._recover(report)
             self._deliver(report)
             return report
@@ -228,6 +288,7 @@ class Messenger(Agent):
     def deliver_pending(self) -> MessengerReport:
         """Reconcile, queue alerts for recent opportunities that lack them, send what is queued."""
         with self._lock:
+            self._refresh()
             report = MessengerReport()
             self._reconcile(report)
             self._recover(report)
@@ -237,6 +298,7 @@ class Messenger(Agent):
     def reconcile(self) -> MessengerReport:
         """Settle alerts left in 'sending' by asking the provider whether they went out."""
         with self._lock:
+            self._refresh()
             report = MessengerReport()
             self._reconcile(report)
             return report
@@ -249,10 +311,12 @@ class Messenger(Agent):
         body = to_gsm7(body)
         return [self.notifier.send(recipient, body) for recipient in self.recipients]
 
-    def in_quiet_hours(self, now: datetime | None = None) -> bool:
-        if self.quiet_hours is None:
+    def in_quiet_hours(self, now: datetime | None = None, recipient: str | None = None) -> bool:
+        """Whether it is quiet hours now (the recipient's own, if they set some, else messenger's)."""
+        window = self._quiet_of.get(recipient, self.quiet_hours) if recipient in self._quiet_of else self.quiet_hours
+        if window is None:
             return False
-        start, end = self.quiet_hours
+        start, end = window
         local = (now or self.clock()).astimezone(self.zone).time()
         if start < end:
             return start <= local < end
@@ -293,27 +357,41 @@ class Messenger(Agent):
                 self.log.info("alert %d: not found at the provider, queued again", alert.id)
 
     def _recover(self, report: MessengerReport) -> None:
+        """Queue what an interrupted cycle left: routes without alerts, and opportunities never routed."""
         since = self.clock() - self.max_age
-        for opportunity_id, opp in self.store.opportunities_without_alerts(self.recipients, since=since):
-            body = format_alert(opp, self.config.max_chars)
-            for recipient in self.recipients:
-                self.store.enqueue_alert(opportunity_id, recipient, body, at=self.clock())
-                report.enqueued += 1
-            self.log.info("opportunity %d had no alert (interrupted cycle?): queued now", opportunity_id)
+        if self.recipients == [CONSOLE_RECIPIENT]:
+            pending = self.store.opportunities_without_alerts(self.recipients, since=since)
+            for opportunity_id, opp in pending:
+                self._enqueue(opportunity_id, opp, self.recipients, report)
+            return
+        missing: dict[int, list[str]] = {}
+        for opportunity_id, recipient in self.store.unalerted_routes(since):
+            missing.setdefault(opportunity_id, []).append(recipient)
+        for opportunity_id in self.store.opportunities_without_routes(since):
+            missing.setdefault(opportunity_id, [])
+        for opportunity_id, recipients in missing.items():
+            opp = self.store.get_opportunity(opportunity_id)
+            if opp is None:
+                continue
+            if not recipients:  # never routed: route it now
+                recipients = [r for r, _ in self._targets(opportunity_id, opp)]
+            if recipients and self._enqueue(opportunity_id, opp, recipients, report):
+                self.log.info("opportunity %d had no alert (interrupted cycle?): queued now", opportunity_id)
 
     def _deliver(self, report: MessengerReport) -> None:
         queued = self.store.alerts(["queued"])
         if not queued:
             return
         now = self.clock()
-        if self.in_quiet_hours(now):
-            report.quiet = True
-            report.waiting += len(queued)
-            self.log.info("quiet hours: %d alert(s) wait until %s", len(queued), self.config.quiet_end)
-            return
         day_start = self.local_day_start(now)
         sent_today: dict[str, int] = {}
+        quiet = 0
         for index, alert in enumerate(queued):
+            if self.in_quiet_hours(now, alert.recipient):
+                quiet += 1
+                report.quiet = True
+                report.waiting += 1
+                continue
             if alert.recipient not in self.recipients:
                 self._skip(alert, "recipient no longer configured", report)
                 continue
@@ -322,8 +400,9 @@ class Messenger(Agent):
                 continue
             if alert.recipient not in sent_today:
                 sent_today[alert.recipient] = self.store.count_sent_since(day_start, alert.recipient)
-            if sent_today[alert.recipient] >= self.config.daily_cap:
-                self._skip(alert, f"daily cap of {self.config.daily_cap} reached", report)
+            cap = self._daily_cap(self.watchlist.recipients.get(alert.recipient))
+            if sent_today[alert.recipient] >= cap:
+                self._skip(alert, f"daily cap of {cap} reached", report)
                 continue
             outcome = self._send(alert, report)
             if outcome == "sent":
@@ -332,6 +411,11 @@ class Messenger(Agent):
                 report.waiting += len(queued) - index - 1
                 self.log.warning("provider unavailable: %d alert(s) wait for the next cycle", len(queued) - index - 1)
                 return
+        if quiet:
+            self.log.info("quiet hours: %d alert(s) wait until they end", quiet)
+
+    def _daily_cap(self, person: Recipient | None) -> int:
+        return person.daily_cap if person is not None and person.daily_cap is not None else self.config.daily_cap
 
     def _skip(self, alert: AlertRow, reason: str, report: MessengerReport) -> None:
         self.store.mark_alert(alert.id, "skipped", error=reason, at=self.clock())
@@ -394,4 +478,4 @@ def _mask(recipient: str) -> str:
     return "*" * (len(recipient) - 4) + recipient[-4:]
 
 
-__all__ = ["Messenger", "MessengerReport", "format_alert", "gsm7_length", "money", "to_gsm7"]
+__all__ = ["Messenger", "MessengerReport", "alert_body", "alert_notes", "format_alert", "gsm7_length", "money", "to_gsm7"]

@@ -60,6 +60,8 @@ from deals.framework.agent import Agent
 from deals.framework.errors import Cancelled
 from deals.framework.llm.usage import METER
 from deals.framework.models import Deal, Estimate, FeedState, Opportunity, utcnow
+from deals.agents.watchlist import Watchlist
+from deals.memory.history import PRICING_FAILED
 from deals.pricer.alerts import AlertRule, alert_below, alerts_at, is_real_deal, point_alert_below
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ class CycleReport(BaseModel):
     feeds_failed: int = 0
     feeds_skipped: int = Field(0, description="left alone: in backoff after earlier failures")
     feeds_unhealthy: int = 0
+    feed_entries: dict[str, int] = Field(default_factory=dict, description="entries read per feed this cycle")
     entries_read: int = 0
     new_entries: int = Field(0, description="entries never seen before")
     deals: int = Field(0, description="new deals the scanner found")
@@ -183,6 +186,8 @@ class Planner(Agent):
         self._fresh: list[tuple[int, Opportunity]] = []  # this cycle's new opportunities, for notify
         self._lock = threading.Lock()  # one cycle at a time
         self._owned: list[Any] = []  # clients built by from_settings, closed by close()
+        self._watchlist = Watchlist([], self.rule)  # reloaded by every pricing step
+        self._facts: dict[str, Any] = {}
 
     @classmethod
     def from_settings(
@@ -236,7 +241,9 @@ class Planner(Agent):
         the next step; `Cancelled` (shutdown) ends it as "stopped"; only
         `KeyboardInterrupt`/`SystemExit` escape (the run is recorded as failed first).
         """
-        urls = list(dict.fromkeys(feed_urls if feed_urls is not None else self.settings.feeds.urls))
+        if feed_urls is None:  # the configured feeds, with those added or disabled from the dashboard
+            feed_urls = self.store.effective_feed_urls(self.settings.feeds.urls)
+        urls = list(dict.fromkeys(feed_urls))
         with self._lock:
             started = time.perf_counter()
             usage_before = METER.snapshot()
@@ -300,6 +307,7 @@ class Planner(Agent):
         new = [e for e in read.entries if e.key in unseen]
         report.new_entries = len(new)
         deals: list[Deal] = []
+        rejections: dict[str, str] = {}
         if new:
             try:
                 scan = self.scanner.scan(new)
@@ -314,6 +322,7 @@ class Planner(Agent):
                         self.store.save_feed_state(read.states[url])
                 return
             deals = scan.deals
+            rejections = scan.rejections
             report.deals = len(deals)
             report.rejected = scan.rejected
             for message in scan.errors:
@@ -322,6 +331,7 @@ class Planner(Agent):
             for deal in deals:
                 self.store.save_deal(deal)
             self.store.mark_seen(new)
+            self.store.record_entries(new, deals, rejections)  # what each entry was: the Deals page, price history
             for state in read.states.values():
                 self.store.save_feed_state(state)
         if deals:
@@ -330,6 +340,7 @@ class Planner(Agent):
     @staticmethod
     def _count_feeds(read: ReadResult, report: CycleReport) -> None:
         for result in read.feed_results:
+            report.feed_entries[result.url] = result.entries
             if result.status in ("ok", "not_modified"):
                 report.feeds_ok += 1
             elif result.status == "skipped_backoff":
@@ -350,6 +361,8 @@ class Planner(Agent):
         todo = self.pending_deals()
         if not todo:
             return
+        self._watchlist = Watchlist.load(self.settings, self.store)  # watches added since the last cycle count
+        self._facts = self.store.entry_facts([deal.entry_key for deal in todo])
         safe = self.pricer.thread_safe
         workers = min(self.config.concurrency, len(todo)) if safe else 1
         size = max(1, min(MAX_BATCH, math.ceil(len(todo) / max(workers, 1))))
@@ -396,13 +409,22 @@ class Planner(Agent):
                 self._pricing_failed(deal, f"{type(outcome).__name__}: {outcome}", report)
                 continue
             decision = self.judge(deal, outcome)
+            facts = self._facts.get(deal.entry_key)
+            routes = self._watchlist.route(
+                deal, outcome, general=decision.alert, title=facts.title if facts else None, feed_url=facts.feed_url if facts else None
+            )
             opportunity = (
-                Opportunity(deal=deal, estimate=outcome, discount=round(outcome.price - deal.price, 2)) if decision.alert else None
+                Opportunity(deal=deal, estimate=outcome, discount=round(outcome.price - deal.price, 2))
+                if decision.alert or routes
+                else None
             )
             try:
                 with self.store.transaction():
                     self.store.save_estimate(deal.entry_key, outcome, alert_below=decision.alert_below, decision=decision.reason)
+                    self.store.set_decision(deal.entry_key, decision.reason)
                     opportunity_id = self.store.save_opportunity(opportunity) if opportunity else None
+                    if opportunity_id is not None:
+                        self.store.save_routes(opportunity_id, routes)
             except Exception as exc:  # noqa: BLE001
                 self._pricing_failed(deal, f"not stored: {type(exc).__name__}: {exc}", report)
                 continue
@@ -420,6 +442,7 @@ class Planner(Agent):
     def _pricing_failed(self, deal: Deal, error: str, report: CycleReport) -> None:
         try:
             attempts = self.store.record_pricing_failure(deal.entry_key, error)
+            self.store.set_decision(deal.entry_key, PRICING_FAILED, error)
         except Exception as exc:  # noqa: BLE001 - the count is best effort; the cycle goes on
             self.log.warning("could not record the pricing failure of %s: %s", deal.entry_key, exc)
             attempts = 1
