@@ -6,7 +6,9 @@
     deals evaluate --data FILE --pricer NAME [--pricer NAME ...]
     deals ensemble [fit]               the ensemble's fitted members; fit them
     deals config [--defaults]          show the effective (or default) configuration
-    deals run [--once] [--feed URL]    the daemon (APScheduler), or one cycle
+    deals run [--once] [--feed URL]    the daemon (APScheduler), or one cycle [--dashboard: serve it too]
+    deals dashboard [--host] [--port]  the web dashboard (127.0.0.1:8484 by default)
+    deals watch add|list|remove|recipient   per-recipient watchlists
     deals history [--json]             recent opportunities and their alert status
     deals notify-test                  send one test message
     deals train --preset NAME          QLoRA fine-tuning of the specialist pricer
@@ -293,6 +295,7 @@ def run(
     once: Annotated[bool, typer.Option("--once", help="run one cycle and exit (0 when it ran to its end, 1 when it failed)")] = False,
     feed: Annotated[Optional[list[str]], typer.Option("--feed", "-f", help="feed URL for this run (repeatable); replaces feeds.urls")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="if another daemon holds this store, wait for it to exit instead of exiting 2")] = False,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="also serve the dashboard from this process (dashboard.host:dashboard.port)")] = False,
 ) -> None:
     """Start the daemon: read, scan, price and alert every scheduler.interval_minutes (SIGTERM stops it cleanly).
 
@@ -300,7 +303,147 @@ def run(
     """
     from deals.agents.daemon import run_daemon
 
-    raise typer.Exit(run_daemon(settings_of(ctx), feeds=feed, once=once, wait=wait))
+    settings = settings_of(ctx)
+    services = []
+    if dashboard:
+        from deals.web.server import DashboardThread
+
+        services.append(DashboardThread(settings))  # the address and token are checked before the daemon starts
+    raise typer.Exit(run_daemon(settings, feeds=feed, once=once, wait=wait, services=services))
+
+
+@app.command("dashboard")
+def dashboard_command(
+    ctx: typer.Context,
+    host: Annotated[Optional[str], typer.Option("--host", help="address to bind (default dashboard.host, 127.0.0.1); beyond loopback DEALS_DASHBOARD_TOKEN is required")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", "-p", min=1, max=65535, help="TCP port (default dashboard.port, 8484)")] = None,
+) -> None:
+    """Serve the web dashboard: opportunities and why, deals, feeds, alerts, watches, costs, runs, settings."""
+    from deals.web.server import serve
+
+    raise typer.Exit(serve(settings_of(ctx), host=host, port=port))
+
+
+watch_app = typer.Typer(help="Watchlists: per-recipient rules (also in config.yaml and the dashboard).", no_args_is_help=True)
+app.add_typer(watch_app, name="watch")
+
+
+@watch_app.command("add")
+def watch_add(
+    number: Annotated[str, typer.Argument(help="the recipient's phone number (E.164, e.g. +15551234567)")],
+    keyword: Annotated[Optional[list[str]], typer.Option("--keyword", "-k", help="a word or phrase that must appear (repeatable: all must)")] = None,
+    regex: Annotated[Optional[str], typer.Option("--regex", "-r", help="a regular expression the title or description must match")] = None,
+    name: Annotated[str, typer.Option("--name", help="a label for the watch")] = "",
+    max_price: Annotated[Optional[float], typer.Option("--max-price", help="only deals at or below this price")] = None,
+    min_saving: Annotated[Optional[float], typer.Option("--min-saving", help="minimum saving in dollars (overrides planner.min_discount_abs)")] = None,
+    min_saving_pct: Annotated[Optional[float], typer.Option("--min-saving-pct", help="minimum saving in percent (overrides planner.min_discount_rel)")] = None,
+    feed: Annotated[Optional[list[str]], typer.Option("--feed", "-f", help="only deals from this feed (repeatable)")] = None,
+    target_price: Annotated[Optional[float], typer.Option("--target-price", "-t", help="text when a match is at or below this price, whatever the estimate says")] = None,
+) -> None:
+    """Add a watch for a recipient: keywords or a regex, optional price limits, saving thresholds, feeds or a target price."""
+    from pydantic import ValidationError
+
+    from deals.agents.watchlist import mask
+    from deals.framework.settings import WatchRule, e164
+    from deals.memory.store import Store
+
+    try:
+        number = e164(number)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'NUMBER'") from None
+    try:
+        rule = WatchRule(
+            name=name, keywords=keyword or [], regex=regex, max_price=max_price, min_saving_abs=min_saving,
+            min_saving_rel=None if min_saving_pct is None else min_saving_pct / 100, feeds=feed or [], target_price=target_price,
+        )  # fmt: skip
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'watch'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise typer.BadParameter(problems, param_hint="the watch") from None
+    with Store.open_default() as store:
+        watch_id = store.add_watch(number, rule)
+    console.print(plain(f"watch {watch_id} added for {mask(number)}: {rule.name or ' '.join(rule.keywords) or rule.regex}"))
+
+
+@watch_app.command("list")
+def watch_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (numbers masked)")] = False,
+) -> None:
+    """Recipients and their watches, from config.yaml and the store (numbers masked)."""
+    from deals.agents.watchlist import Watchlist, mask
+    from deals.memory.store import Store
+
+    with Store.open_default() as store:
+        watchlist = Watchlist.load(settings_of(ctx), store)
+    watches = watchlist.watches()
+    if as_json:
+        rows = [{"id": w.id, "source": w.source, "recipient": mask(w.recipient), **w.rule.model_dump(exclude_defaults=True)} for w in watches]
+        people = [{"recipient": mask(p.number), "general": p.general, "daily_cap": p.daily_cap, "quiet_start": p.quiet_start,
+                   "quiet_end": p.quiet_end, "sources": sorted(p.sources)} for p in watchlist.recipients.values()]  # fmt: skip
+        sys.stdout.write(json.dumps({"recipients": people, "watches": rows}, indent=2) + "\n")
+        return
+    if not watchlist.recipients:
+        console.print("no recipients: set messenger.to or add a watch with `deals watch add NUMBER --keyword WORD`")
+        return
+    table = Table(title="recipients")
+    for column in ("recipient", "gets", "daily cap", "quiet hours", "from"):
+        table.add_column(column)
+    for p in watchlist.recipients.values():
+        table.add_row(mask(p.number), "general opportunities" if p.general else f"{len(p.watches)} watch(es)",
+                      "default" if p.daily_cap is None else str(p.daily_cap),
+                      f"{p.quiet_start}-{p.quiet_end}" if p.quiet_start else "default", ", ".join(sorted(p.sources)))  # fmt: skip
+    console.print(table)
+    if watches:
+        table = Table(title="watches")
+        for column in ("id", "recipient", "matches", "max price", "min saving", "target", "feeds"):
+            table.add_column(column)
+        for w in watches:
+            r = w.rule
+            matches = " ".join([f"all of: {', '.join(r.keywords)}" if r.keywords else "", f"/{r.regex}/" if r.regex else ""]).strip()
+            saving = " ".join(x for x in [f"${r.min_saving_abs:g}" if r.min_saving_abs is not None else "",
+                                          f"{100 * r.min_saving_rel:g}%" if r.min_saving_rel is not None else ""] if x)  # fmt: skip
+            table.add_row(str(w.id) if w.id is not None else "config", mask(w.recipient), plain(matches),
+                          f"${r.max_price:g}" if r.max_price else "", saving, f"${r.target_price:g}" if r.target_price else "",
+                          plain(" ".join(r.feeds)))  # fmt: skip
+        console.print(table)
+
+
+@watch_app.command("remove")
+def watch_remove(watch_id: Annotated[int, typer.Argument(help="the watch's id (from `deals watch list`)")]) -> None:
+    """Remove a watch added with `deals watch add` or the dashboard (those in config.yaml are edited there)."""
+    from deals.memory.store import Store
+
+    with Store.open_default() as store:
+        removed = store.remove_watch(watch_id)
+    if not removed:
+        raise typer.BadParameter(f"no stored watch {watch_id} (see `deals watch list`; watches in config.yaml are edited there)",
+                                 param_hint="'WATCH_ID'")  # fmt: skip
+    console.print(f"watch {watch_id} removed")
+
+
+@watch_app.command("recipient")
+def watch_recipient(
+    number: Annotated[str, typer.Argument(help="the recipient's phone number (E.164)")],
+    daily_cap: Annotated[Optional[int], typer.Option("--daily-cap", min=0, help="alerts per local day (default messenger.daily_cap)")] = None,
+    quiet: Annotated[Optional[str], typer.Option("--quiet", help="quiet hours HH:MM-HH:MM (default messenger's)")] = None,
+) -> None:
+    """Set a recipient's own daily cap and quiet hours (omitted ones fall back to the messenger's)."""
+    from deals.agents.watchlist import mask, parse_quiet
+    from deals.framework.settings import e164
+    from deals.memory.store import Store
+
+    try:
+        number = e164(number)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'NUMBER'") from None
+    try:
+        start, end = parse_quiet(quiet) if quiet else (None, None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--quiet'") from None
+    with Store.open_default() as store:
+        store.set_recipient(number, daily_cap=daily_cap, quiet_start=start, quiet_end=end)
+    console.print(f"{mask(number)}: daily cap {'default' if daily_cap is None else daily_cap}, "
+                  f"quiet hours {f'{start}-{end}' if start else 'default'}")  # fmt: skip
 
 
 @app.command()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 from deals.framework import paths
 from deals.framework.errors import ConfigError
@@ -23,8 +24,26 @@ from deals.framework.settings import Settings, check_feed_url
 log = logging.getLogger("deals.agents.daemon")
 
 
-def run_daemon(settings: Settings, *, feeds: Sequence[str] | None = None, once: bool = False, wait: bool = False) -> int:
-    """Lock the store, build the planner and run the orchestrator; the exit status."""
+class Service(Protocol):
+    """Something served beside the daemon in its process (the dashboard: deals.web.server.DashboardThread)."""
+
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+
+
+def run_daemon(
+    settings: Settings,
+    *,
+    feeds: Sequence[str] | None = None,
+    once: bool = False,
+    wait: bool = False,
+    services: Sequence[Service] = (),
+) -> int:
+    """Lock the store, build the planner and run the orchestrator; the exit status.
+
+    `services` (the dashboard, handed in by the CLI) are started once the lock is held and
+    stopped when the daemon stops.
+    """
     from deals.agents.planner import Planner
     from deals.framework.orchestrator import Orchestrator
     from deals.memory.lock import StoreLock
@@ -40,7 +59,11 @@ def run_daemon(settings: Settings, *, feeds: Sequence[str] | None = None, once: 
                 raise ConfigError(f"--feed {url!r}: {exc}") from None
     lock = StoreLock(paths.database_path())
     lock.acquire(wait=wait)
+    started: list[Service] = []
     try:
+        for service in services:
+            service.start()
+            started.append(service)
         with Store.open_default() as store:
             interrupted = store.interrupt_unfinished_runs()
             if interrupted:
@@ -55,7 +78,9 @@ def run_daemon(settings: Settings, *, feeds: Sequence[str] | None = None, once: 
             finally:
                 planner.close()
     finally:
+        for service in reversed(started):
+            service.stop()
         lock.release()
 
 
-__all__ = ["run_daemon"]
+__all__ = ["Service", "run_daemon"]
