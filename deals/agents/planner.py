@@ -12,8 +12,9 @@ One cycle, each step writing to the memory store before the next begins, so that
    they covered matters: saved earlier, a crash during the scan would turn the next
    fetch into a 304 and the entries would never be read again. A crash before this
    commit re-reads and re-scans the same entries next cycle; after it, nothing is redone;
-4. **price**: the oldest stored deals without an estimate (`store.unpriced_deals`: new
-   ones and any left by an interrupted cycle), at most `planner.max_deals_per_cycle`,
+4. **price**: the oldest stored deals without an estimate (`store.unpriced_deals_since`: new
+   ones and any left by an interrupted cycle, stored in the last `planner.price_within_days`
+   days), at most `planner.max_deals_per_cycle`,
    batched through `pricer.price_many` (a batch that fails is retried item by item, so
    one bad deal costs only itself); pricers that declare `thread_safe = True` run
    `planner.concurrency` batches at once on a thread pool, the others (the kNN pricer:
@@ -51,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -354,8 +355,14 @@ class Planner(Agent):
     # ------------------------------------------------------------------ price and decide
 
     def pending_deals(self) -> list[Deal]:
-        """The deals this cycle should price: oldest unpriced first, capped, given-up ones left out."""
-        return self.store.unpriced_deals(self.config.max_deals_per_cycle, max_attempts=self.max_pricing_attempts)
+        """The deals this cycle should price: oldest unpriced first, capped, given-up ones left out.
+
+        Only deals stored in the last `planner.price_within_days` days (by the store's clock):
+        older offers are likely gone, and looking at them would make every cycle as slow as
+        the whole history is long.
+        """
+        since = self.store.clock() - timedelta(days=self.config.price_within_days)
+        return self.store.unpriced_deals_since(self.config.max_deals_per_cycle, since, max_attempts=self.max_pricing_attempts)
 
     def _price(self, report: CycleReport) -> None:
         todo = self.pending_deals()

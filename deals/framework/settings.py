@@ -251,6 +251,9 @@ class PlannerSettings(Section):
     )
     max_deals_per_cycle: int = Field(100, ge=1, description="new deals priced per cycle at most (the rest wait)")
     max_pricing_attempts: int = Field(3, ge=1, le=100, description="pricing attempts per deal before it is given up")
+    price_within_days: float = Field(
+        7.0, gt=0, le=3650, description="deals still unpriced this many days after they were seen are no longer priced (the offer is likely gone)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PlannerSettings:

@@ -116,6 +116,19 @@ class EntriesMixin:
                 added += max(cursor.rowcount, 0)
         return added
 
+    def unpriced_deals_since(self, limit: int, since: datetime, *, max_attempts: int | None = None) -> list[Deal]:
+        """Like `unpriced_deals`, among deals stored since `since` only: a range of the created_at index,
+        so the cost follows the recent deals, not the whole history (benchmarks/bench_dashboard.py)."""
+        from deals.memory.store import to_text
+
+        rows = self._all(
+            """SELECT d.* FROM deals d LEFT JOIN estimates e ON e.deal_key = d.entry_key
+               WHERE d.created_at >= ? AND e.deal_key IS NULL AND (? IS NULL OR d.pricing_attempts < ?)
+               ORDER BY d.created_at, d.rowid LIMIT ?""",
+            (to_text(since), max_attempts, max_attempts, limit),
+        )
+        return [Deal(entry_key=r["entry_key"], product_description=r["description"], price=r["price"], url=r["url"]) for r in rows]
+
     def set_decision(self, key: str, decision: str, reason: str | None = None) -> None:
         """Copy the planner's decision (or a pricing failure) onto the entry, when there is one."""
         with self.transaction() as db:
