@@ -259,3 +259,42 @@ def test_htmx_is_vendored_with_its_licence_and_nothing_is_fetched_from_elsewhere
     page = client().get("/opportunities").text
     assert re.findall(r'<script[^>]*src="([^"]+)"', page) == ["/static/htmx.min.js"]
     assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+# --------------------------------------------------------------------------- serving beside the daemon
+
+
+def test_the_dashboard_thread_serves_and_stops_and_a_taken_port_is_a_clear_error(store):
+    import httpx
+
+    from deals.framework.errors import DealsError
+    from deals.web.server import DashboardThread
+    from tests.fakes.browser import free_port
+
+    port = free_port()
+    server = DashboardThread(Settings(), port=port).start()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).text == "ok"
+        with pytest.raises(DealsError, match=f"127.0.0.1:{port}: the port is in use"):
+            DashboardThread(Settings(), port=port).start()
+    finally:
+        server.stop()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+def test_run_with_dashboard_hands_the_dashboard_to_the_daemon(deals_home, monkeypatch):
+    import deals.agents.daemon as daemon
+    from deals.web.server import DashboardThread
+
+    seen = {}
+
+    def fake_run_daemon(settings, **options):
+        seen.update(options)
+        return 0
+
+    monkeypatch.setattr(daemon, "run_daemon", fake_run_daemon)
+    assert run_cli(["run", "--once", "--dashboard"]) == 0
+    assert [type(s) for s in seen["services"]] == [DashboardThread]
+    monkeypatch.setenv("DEALS_DASHBOARD__HOST", "0.0.0.0")
+    assert run_cli(["run", "--once", "--dashboard"]) == 2  # refused before the daemon starts: no token

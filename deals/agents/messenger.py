@@ -9,6 +9,13 @@ recipient::
                                                                   errors until max_attempts)
     queued --> skipped   (daily cap reached, stale, recipient no longer configured)
 
+Who gets an opportunity is decided once, by the planner (`deals.agents.watchlist`), and
+stored as its routes; the messenger queues one alert per route (an opportunity stored
+without routes, by older code, is routed when it is handed in or recovered). Each
+recipient's own daily cap and quiet hours (`messenger.recipients`, `deals watch
+recipient`) replace the messenger's for them. Without Twilio the console gets every
+opportunity once.
+
 An alert is written before it is sent and marked after, so a crash never loses one. It is
 claimed atomically (queued -> sending only while still queued, `Store.claim_alert`), so
 two processes can never both send it, and every hand-over to the provider is recorded
@@ -35,7 +42,8 @@ planner storing them and the messenger queueing them) are queued on the next cal
 Messages are GSM-7 text of at most `messenger.max_chars` characters (306 = two SMS
 segments, which phones show as one message): the product name (at least 40 characters
 of it), the price, the estimate with its interval, the saving in dollars and percent,
-and the link. The name is shortened first; a link too long to leave room for the name
+and the link; then what price history adds (the feed's "was" price, "lowest seen in 30
+days: $X"). The name is shortened first; a link too long to leave room for the name
 loses its query string, or is left out (see `format_alert`).
 """
 

@@ -5,10 +5,12 @@
 One cycle, each step writing to the memory store before the next begins, so that a crash
 (or SIGKILL) at any point loses nothing and repeats nothing visible to the user:
 
-1. **read**: feed states from the store -> `reader.read` (conditional GET, backoff);
+1. **read**: feed states from the store -> `reader.read` (conditional GET, backoff) over
+   `feeds.urls` plus the feeds added from the dashboard, less those disabled;
 2. **scan**: the entries never seen before -> `scanner.scan` -> deals;
-3. **store**: in ONE transaction, the deals, the entries marked seen, and the feeds' new
-   states (ETag / Last-Modified). Committing the validators together with the entries
+3. **store**: in ONE transaction, the deals, the entries marked seen (and recorded with
+   what the scanner made of them: the Deals page and price history, `deals.memory.history`),
+   and the feeds' new states (ETag / Last-Modified). Committing the validators together with the entries
    they covered matters: saved earlier, a crash during the scan would turn the next
    fetch into a 304 and the entries would never be read again. A crash before this
    commit re-reads and re-scans the same entries next cycle; after it, nothing is redone;
@@ -28,7 +30,11 @@ One cycle, each step writing to the memory store before the next begins, so that
    stored with the decision and its reason ("deal", "not cheap enough", "low
    confidence": the point estimate alone would have alerted, "too good to be true": a
    saving so deep the estimate is the likelier error) and its opportunity, in one
-   transaction: a deal with an estimate but a lost opportunity cannot happen;
+   transaction: a deal with an estimate but a lost opportunity cannot happen. The deal is
+   routed to recipients there too (`deals.agents.watchlist`: general opportunities to those
+   without watches, watch and target-price matches to their recipient, whatever the
+   general decision); a deal some watch wants is an opportunity, and its routes are stored
+   with it;
 6. **notify**: the new opportunities go to `messenger.notify`, which also delivers
    whatever an earlier cycle left pending (its outbox reconciles, recovers opportunities
    without alerts and resends nothing already sent).
