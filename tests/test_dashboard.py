@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from deals.cli import run_cli
 from deals.framework.errors import ConfigError
-from deals.framework.models import Deal, Estimate, FeedEntry, Neighbour, Opportunity
+from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity
 from deals.framework.settings import Settings, WatchRule
 from deals.memory.store import Store
 from deals.web.app import create_app
@@ -240,6 +240,32 @@ def test_feeds_added_and_disabled_in_the_dashboard_change_what_a_cycle_reads(sto
     assert store.effective_feed_urls([configured]) == ["https://added.example/rss"]
     page = c.get("/feeds").text
     assert "added.example" in page and "disabled" in page
+
+
+def test_a_feed_only_read_with_the_feed_option_is_offered_to_the_cycle_not_shown_disabled(store):
+    configured, once, stale = "https://configured.example/rss", "https://once.example/rss", "https://stale.example/rss"
+    store.save_feed_state(FeedState(url=once, last_success_at=datetime.now(timezone.utc)))  # `deals run --feed` read it
+    store.save_feed_state(FeedState(url=stale))
+    store.set_feed_enabled(stale, False)  # disabled while it was configured, then dropped from feeds.urls
+    c = client(Settings.model_validate({"feeds": {"urls": [configured]}}))
+    csrf = csrf_of(c)
+
+    def row(url: str) -> str:
+        return next(r for r in re.findall(r"<tr>.*?</tr>", c.get("/feeds").text, re.S) if url in r)
+
+    assert "add to the cycle" in row(once) and "disabled" not in row(once) and ">disable<" in row(configured)
+    assert store.effective_feed_urls([configured]) == [configured]
+    for url in (once, stale):
+        answer = c.post("/feeds/toggle", data={"csrf": csrf, "url": url, "enabled": "1"})
+        assert "added to the cycle" in answer.text
+    assert store.effective_feed_urls([configured]) == [configured, once, stale]
+    assert ">disable<" in row(once) and "added here" in row(once) and "add to the cycle" not in row(stale)
+    c.post("/feeds/toggle", data={"csrf": csrf, "url": once, "enabled": "0"})
+    assert store.effective_feed_urls([configured]) == [configured, stale] and "disabled" in row(once) and ">enable<" in row(once)
+    c.post("/feeds/toggle", data={"csrf": csrf, "url": configured, "enabled": "0"})
+    assert "already in feeds.urls" in c.post("/feeds/add", data={"csrf": csrf, "url": configured}).text
+    assert store.effective_feed_urls([configured]) == [configured, stale] and "added here" not in row(configured)
+    assert "no such feed" in c.post("/feeds/toggle", data={"csrf": csrf, "url": "https://unknown.example/rss", "enabled": "1"}).text
 
 
 def test_costs_page_and_charts(store):

@@ -170,11 +170,11 @@ class WatchesMixin:
     # ---------------------------------------------------------------- feeds
 
     def add_feed(self, url: str) -> None:
-        """Add a feed at run time (enabled); a configured or known one is just enabled."""
+        """Add a feed to the cycle at run time, enabled (a feed disabled or only read with --feed before, too)."""
         with self.transaction() as db:
             db.execute(
                 """INSERT INTO feed_controls (url, added, enabled, updated_at) VALUES (?, 1, 1, ?)
-                   ON CONFLICT(url) DO UPDATE SET enabled = 1, updated_at = excluded.updated_at""",
+                   ON CONFLICT(url) DO UPDATE SET added = 1, enabled = 1, updated_at = excluded.updated_at""",
                 (url, self._now()),
             )
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -52,6 +53,7 @@ from deals.framework.settings import Settings, WatchRule, check_feed_url, e164
 from deals.memory.history import DECISIONS
 from deals.memory.store import ALERT_STATES, Store, to_text
 from deals.memory.views import DealFilter
+from deals.memory.watches import FeedControl
 from deals.web import charts
 from deals.web.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, SECURITY_HEADERS, SESSION_COOKIE, Guard
 from deals.web.settings_view import redacted_settings, secret_status
@@ -220,10 +222,11 @@ class Dashboard:
         rows = []
         for url in urls:
             control = controls.get(url)
-            enabled = control.enabled if control else url in configured
+            in_cycle = _in_cycle(url, configured, control)
             rows.append(
                 {"url": url, "state": states.get(url), "configured": url in configured, "added": bool(control and control.added),
-                 "enabled": enabled, "last_entries": last.get(url), "week": week.get(url, 0)}  # fmt: skip
+                 "in_cycle": in_cycle, "enabled": in_cycle and (control is None or control.enabled),
+                 "last_entries": last.get(url), "week": week.get(url, 0)}  # fmt: skip
             )
         return self.page(request, "feeds.html", rows=rows, message=request.query_params.get("message", "")[:300])
 
@@ -341,6 +344,9 @@ class Dashboard:
             url = check_feed_url(str(form.get("url", "")))
         except ValueError as exc:
             return self.back("/feeds", message=f"not added: {_first_error(exc)}")
+        if url in self.settings.feeds.urls:  # already in the cycle: only (re-)enabled, not marked as added here
+            await run_in_threadpool(self.store.set_feed_enabled, url, True)
+            return self.back("/feeds", message="already in feeds.urls: enabled from the next cycle")
         await run_in_threadpool(self.store.add_feed, url)
         return self.back("/feeds", message="feed added: it is read from the next cycle")
 
@@ -348,9 +354,13 @@ class Dashboard:
         form = await self.form(request)
         url = str(form.get("url", ""))[:2000]
         enabled = str(form.get("enabled", "")) == "1"
-        known = set(self.settings.feeds.urls) | {c.url for c in self.store.feed_controls()} | {s.url for s in self.store.feed_states()}
-        if url not in known:
+        controls = {c.url: c for c in self.store.feed_controls()}
+        if url not in {*self.settings.feeds.urls, *controls, *(s.url for s in self.store.feed_states())}:
             return self.back("/feeds", message="no such feed")
+        if enabled and not _in_cycle(url, self.settings.feeds.urls, controls.get(url)):
+            # a feed only read with `deals run --feed`: enabling it adds it to the cycle
+            await run_in_threadpool(self.store.add_feed, url)
+            return self.back("/feeds", message="added to the cycle: read from the next one")
         await run_in_threadpool(self.store.set_feed_enabled, url, enabled)
         return self.back("/feeds", message=("enabled" if enabled else "disabled") + ": from the next cycle")
 
@@ -373,6 +383,15 @@ class Dashboard:
         response = RedirectResponse("/login" if self.guard.token else "/opportunities", status_code=303)
         response.delete_cookie(SESSION_COOKIE)
         return response
+
+
+def _in_cycle(url: str, configured: Sequence[str], control: FeedControl | None) -> bool:
+    """Whether `deals run` (without --feed) reads this feed when it is enabled: configured, or added here.
+
+    A feed that only `deals run --feed URL` read has a health row but is in no cycle of the
+    daemon; the Feeds page offers to add it rather than to "enable" it.
+    """
+    return url in configured or bool(control and control.added)
 
 
 def _first_error(exc: Exception) -> str:
