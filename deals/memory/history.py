@@ -13,7 +13,11 @@ through an index; a rejection by the scanner is stored as "not a single product"
 scanner's reason.
 
 `EntriesMixin` is mixed into `deals.memory.store.Store` and uses its connection, lock and
-transactions; SQL here is plain enough for SQLite and PostgreSQL alike.
+transactions. Its SQL, like that of `views` and `watches`, keeps to the subset SQLite and
+PostgreSQL run alike: `?` placeholders, `ON CONFLICT` (never `INSERT OR ...`), order by
+columns (never `rowid`), no `? IS NULL` (PostgreSQL cannot type a bare NULL parameter: the
+SQL is built with or without the condition), no SQLite-only functions; times are compared
+as ISO-8601 text (tests/test_watchlist.py checks the SQL of these modules).
 """
 
 from __future__ import annotations
@@ -121,11 +125,12 @@ class EntriesMixin:
         so the cost follows the recent deals, not the whole history (benchmarks/bench_dashboard.py)."""
         from deals.memory.store import to_text
 
+        attempts = "AND d.pricing_attempts < ?" if max_attempts is not None else ""  # never `? IS NULL` (see the docstring)
         rows = self._all(
-            """SELECT d.* FROM deals d LEFT JOIN estimates e ON e.deal_key = d.entry_key
-               WHERE d.created_at >= ? AND e.deal_key IS NULL AND (? IS NULL OR d.pricing_attempts < ?)
-               ORDER BY d.created_at, d.rowid LIMIT ?""",
-            (to_text(since), max_attempts, max_attempts, limit),
+            f"""SELECT d.* FROM deals d LEFT JOIN estimates e ON e.deal_key = d.entry_key
+                WHERE d.created_at >= ? AND e.deal_key IS NULL {attempts}
+                ORDER BY d.created_at, d.entry_key LIMIT ?""",
+            (to_text(since), *([max_attempts] if max_attempts is not None else []), limit),
         )
         return [Deal(entry_key=r["entry_key"], product_description=r["description"], price=r["price"], url=r["url"]) for r in rows]
 

@@ -272,8 +272,7 @@ def m010_watches(db: sqlite3.Connection) -> None:
 
     `routes` is decided once, when the opportunity is stored (by `deals.agents.watchlist`):
     one row per recipient it goes to, with why. The outbox (`alerts`) then holds one alert
-    per route, exactly once. Ids are assigned by the store (max + 1 in the writing
-    transaction).
+    per route, exactly once. A watch's id comes from `INSERT ... RETURNING id`.
     """
     _run(
         db,
@@ -286,7 +285,7 @@ def m010_watches(db: sqlite3.Connection) -> None:
             updated_at TEXT NOT NULL
         )""",
         """CREATE TABLE watches (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             recipient TEXT NOT NULL,
             rule TEXT NOT NULL,
             created_at TEXT NOT NULL

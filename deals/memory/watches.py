@@ -13,8 +13,9 @@
     store.effective_feed_urls(configured)              configured + added - disabled
 
 Watches from `config.yaml` are not stored here: `deals.agents.watchlist` joins both. Rows
-are written in the store's transactions; ids are max + 1 inside the writing transaction
-(no AUTOINCREMENT), so the SQL is the same on SQLite and PostgreSQL.
+are written in the store's transactions; a watch's id comes from `INSERT ... RETURNING id`
+(never `cursor.lastrowid`), ids are never reused (AUTOINCREMENT), and the SQL keeps to the
+subset SQLite and PostgreSQL run alike (see `deals.memory.history`).
 """
 
 from __future__ import annotations
@@ -69,13 +70,11 @@ class WatchesMixin:
     def add_watch(self, recipient: str, rule: WatchRule) -> int:
         """Store a watch for `recipient` (an E.164 number, already checked); its id."""
         with self.transaction() as db:
-            row = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM watches").fetchone()
-            watch_id = int(row[0])
-            db.execute(
-                "INSERT INTO watches (id, recipient, rule, created_at) VALUES (?, ?, ?, ?)",
-                (watch_id, recipient, rule.model_dump_json(exclude_defaults=True), self._now()),
-            )
-            return watch_id
+            row = db.execute(
+                "INSERT INTO watches (recipient, rule, created_at) VALUES (?, ?, ?) RETURNING id",
+                (recipient, rule.model_dump_json(exclude_defaults=True), self._now()),
+            ).fetchone()
+            return int(row[0])
 
     def remove_watch(self, watch_id: int) -> bool:
         """Delete a stored watch; whether it existed."""
