@@ -328,6 +328,16 @@ watch_app = typer.Typer(help="Watchlists: per-recipient rules (also in config.ya
 app.add_typer(watch_app, name="watch")
 
 
+def _phone_number(number: str) -> str:
+    """The NUMBER argument in E.164 form (a usage error, exit 2, otherwise)."""
+    from deals.framework.settings import e164
+
+    try:
+        return e164(number)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'NUMBER'") from None
+
+
 @watch_app.command("add")
 def watch_add(
     number: Annotated[str, typer.Argument(help="the recipient's phone number (E.164, e.g. +15551234567)")],
@@ -344,13 +354,10 @@ def watch_add(
     from pydantic import ValidationError
 
     from deals.agents.watchlist import mask
-    from deals.framework.settings import WatchRule, e164
+    from deals.framework.settings import WatchRule
     from deals.memory.store import Store
 
-    try:
-        number = e164(number)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'NUMBER'") from None
+    number = _phone_number(number)
     try:
         rule = WatchRule(
             name=name, keywords=keyword or [], regex=regex, max_price=max_price, min_saving_abs=min_saving,
@@ -429,13 +436,9 @@ def watch_recipient(
 ) -> None:
     """Set a recipient's own daily cap and quiet hours (omitted ones fall back to the messenger's)."""
     from deals.agents.watchlist import mask, parse_quiet
-    from deals.framework.settings import e164
     from deals.memory.store import Store
 
-    try:
-        number = e164(number)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'NUMBER'") from None
+    number = _phone_number(number)
     try:
         start, end = parse_quiet(quiet) if quiet else (None, None)
     except ValueError as exc:

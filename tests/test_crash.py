@@ -150,7 +150,7 @@ def test_sigkill_at_four_points_of_a_cycle_loses_no_opportunity_and_sends_no_sms
             settings = Settings()
             ids = {row[0]: row[1] for row in store.db.execute("SELECT deal_key, id FROM opportunities")}
             wanted = Counter(
-                (to, alert_body(store, ids[key], store.get_opportunity(ids[key]), settings.messenger.max_chars)) for key in expected for to in (ALICE, BOB)
+                (to, alert_body(store, store.get_opportunity(ids[key]), settings.messenger.max_chars)) for key in expected for to in (ALICE, BOB)
             )
             sent = Counter((m["to"], m["body"]) for m in twilio.created)
             assert sent == wanted  # every alert exactly once

@@ -119,7 +119,7 @@ def check_stored_and_sent(world: World) -> list[str]:
         # one SMS per opportunity and recipient, with the alert text, through the real SDK
         sent = sorted((m["to"], m["body"]) for m in world.twilio.created)
         wanted = sorted(
-            (to, alert_body(store, stored[key], store.get_opportunity(stored[key]), settings.messenger.max_chars))
+            (to, alert_body(store, store.get_opportunity(stored[key]), settings.messenger.max_chars))
             for key in expected_opportunities
             for to in (ALICE, BOB)
         )

@@ -3,11 +3,16 @@ hours, exactly-once delivery, the `deals watch` commands; price history and prod
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
+import re
 import sqlite3
+import textwrap
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from deals.agents import notifiers
@@ -25,6 +30,7 @@ from deals.memory.migrations import MIGRATIONS, apply_migrations
 from deals.memory.store import Store
 from deals.pricer.alerts import AlertRule
 from deals.pricer.base import create_pricer
+from deals.web.app import create_app
 from tests.fakes.daemon import serve_feeds, write_config
 from tests.fakes.feed_server import feed_server  # noqa: F401 - pytest fixture
 from tests.fakes.twilio_server import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
@@ -176,7 +182,10 @@ def test_per_recipient_daily_cap_and_quiet_hours(deals_home, twilio):
         assert [m["to"] for m in twilio.created] == [ALICE]  # her cap is 1; BOB is in his quiet hours
         assert report.skipped == 2 and report.waiting == 3 and report.quiet
         assert {a.last_error for a in store.alerts(["skipped"])} == {"daily cap of 1 reached"}
+        assert [a.last_error for a in store.alerts(["queued"])] == ["quiet hours until 07:00 UTC"] * 3  # why they wait
         messenger.close()
+    outbox = TestClient(create_app(settings), base_url="http://127.0.0.1:8484").get("/alerts").text  # the dashboard says why
+    assert outbox.count("quiet hours until 07:00 UTC") == 3 and outbox.count("daily cap of 1 reached") == 2 and BOB not in outbox
 
 
 # --------------------------------------------------------------------------- deals watch
@@ -195,6 +204,7 @@ def test_watch_commands_add_list_and_remove(deals_home):
     assert BOB not in listed.stdout
     assert runner.invoke(app, ["watch", "remove", "1"]).exit_code == 0
     assert json.loads(runner.invoke(app, ["watch", "list", "--json"]).stdout)["watches"] == []
+    assert "watch 2 added" in runner.invoke(app, ["watch", "add", BOB, "-k", "tv"]).output  # a removed watch's id is not reused
 
 
 @pytest.mark.parametrize(
@@ -266,7 +276,7 @@ def test_lowest_seen_in_30_days_and_the_alert_text(tmp_path):
         assert [s.price for s in store.price_history("model:WH1000XM5")] == [199.0, 249.0, 229.0, 219.0]
         q = [Quantile(level=0.1, price=250.0), Quantile(level=0.5, price=330.0), Quantile(level=0.9, price=420.0)]
         opp = Opportunity(deal=store.get_deal("e0"), estimate=Estimate(price=330.0, pricer="t", quantiles=q), discount=111.0)
-        body = alert_body(store, 1, opp)
+        body = alert_body(store, opp)
         assert "feed says was $399" in body and "lowest seen in 30 days: $229" in body and len(body) <= 306
 
 
@@ -280,3 +290,74 @@ def test_migration_m009_copies_the_deals_stored_before_it(tmp_path):
     with Store(path) as store:
         row = store.db.execute("SELECT title, price, outcome, seen_at FROM entries WHERE key = 'old'").fetchone()
         assert tuple(row) == ("An old deal", 12.5, "deal", "2025-01-01T00:00:00.000000Z")
+
+
+# --------------------------------------------------------------------------- portable SQL
+
+# What SQLite runs and PostgreSQL does not (or runs differently): the store's SQL keeps to the
+# portable subset (see deals.memory.history), so that the store can move to PostgreSQL.
+NOT_PORTABLE = {
+    r"\bINSERT\s+OR\s+(IGNORE|REPLACE)\b": "INSERT OR ...: use ON CONFLICT",
+    r"\browid\b": "rowid: order by a column",
+    r"\?\s+IS\s+(NOT\s+)?NULL\b": "? IS NULL: build the SQL with or without the condition",
+    r"\b(group_concat|julianday|datetime|strftime|unixepoch|ifnull|iif|instr|printf|total)\s*\(": "a SQLite-only function",
+    r"\b(GLOB|REGEXP|PRAGMA|sqlite_master)\b": "SQLite only",
+    r"(?<!\))\s+LIKE\b": "LIKE on a bare column is case-sensitive on PostgreSQL: lower(column) LIKE lower(?)",
+    r"\b(BLOB|BOOLEAN|VARCHAR|DATETIME|TIMESTAMP|NUMERIC|JSON)\b": "a type beyond TEXT, INTEGER and REAL",
+}
+SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|WHERE|LIKE|ORDER BY)\b")
+
+
+def _sql_strings(source: str) -> list[str]:
+    """The SQL string literals of some Python source, docstrings left out (an f-string's fields read as `{}`)."""
+    tree = ast.parse(textwrap.dedent(source))
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            skip.update(id(v) for v in node.values)
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            skip.add(id(body[0].value))  # a docstring
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            text = node.value
+        else:
+            continue
+        if SQL_WORDS.search(text):
+            found.append(text)
+    return found
+
+
+def _not_portable(sql: str) -> list[str]:
+    return [why for pattern, why in NOT_PORTABLE.items() if re.search(pattern, sql, re.I)]
+
+
+def test_the_check_for_portable_sql_finds_what_only_sqlite_runs():
+    for bad in (
+        "INSERT OR IGNORE INTO t (a) VALUES (?)", "SELECT * FROM t ORDER BY rowid", "SELECT 1 WHERE (? IS NULL OR a < ?)",
+        "SELECT julianday('now')", "SELECT * FROM t WHERE title LIKE ?", "CREATE TABLE t (ok BOOLEAN)", "SELECT group_concat(a) FROM t",
+    ):  # fmt: skip
+        assert _not_portable(bad), bad
+    assert _sql_strings('x = f"SELECT a FROM t {where} LIMIT ?"') == ["SELECT a FROM t {} LIMIT ?"]
+
+
+def test_the_sql_of_entries_views_watches_and_their_migrations_is_portable():
+    import deals.memory.history
+    import deals.memory.views
+    import deals.memory.watches
+
+    names = [m.__name__ for m in MIGRATIONS]
+    sources = {m.__name__: inspect.getsource(m) for m in MIGRATIONS[names.index("m009_entries") :]}
+    sources.update({mod.__name__: inspect.getsource(mod) for mod in (deals.memory.history, deals.memory.views, deals.memory.watches)})
+    assert len(sources) == 7
+    checked = 0
+    for where, source in sources.items():
+        uses = {n.attr for n in ast.walk(ast.parse(textwrap.dedent(source))) if isinstance(n, ast.Attribute)}
+        assert "lastrowid" not in uses, f"{where}: a new id comes from INSERT ... RETURNING id"
+        for sql in _sql_strings(source):
+            checked += 1
+            assert not _not_portable(sql), (where, _not_portable(sql), sql)
+    assert checked >= 30

@@ -166,9 +166,8 @@ def alert_notes(context: PriceContext) -> list[str]:
     return notes
 
 
-def alert_body(store: Store, opportunity_id: int, opp: Opportunity, max_chars: int = 306) -> str:
-    """The text of an opportunity's alert, with what the store knows of its price history."""
-    del opportunity_id  # the body depends on the deal only (same text for every recipient)
+def alert_body(store: Store, opp: Opportunity, max_chars: int = 306) -> str:
+    """The text of an opportunity's alert (the same for every recipient), with what the store knows of its price history."""
     return format_alert(opp, max_chars, alert_notes(store.price_context(opp.deal.entry_key)))
 
 
@@ -262,7 +261,7 @@ class Messenger(Agent):
         """Queue the alert of one opportunity for `recipients`; False when the store refused it."""
         if not recipients:
             return True
-        body = alert_body(self.store, opportunity_id, opp, self.config.max_chars)
+        body = alert_body(self.store, opp, self.config.max_chars)
         for recipient in recipients:
             try:
                 self.store.enqueue_alert(opportunity_id, recipient, body, at=self.clock())
@@ -319,9 +318,13 @@ class Messenger(Agent):
         body = to_gsm7(body)
         return [self.notifier.send(recipient, body) for recipient in self.recipients]
 
+    def _quiet_window(self, recipient: str | None) -> tuple[dtime, dtime] | None:
+        """The recipient's own quiet hours, if they set some, else the messenger's (None: no quiet hours)."""
+        return self._quiet_of[recipient] if recipient in self._quiet_of else self.quiet_hours
+
     def in_quiet_hours(self, now: datetime | None = None, recipient: str | None = None) -> bool:
         """Whether it is quiet hours now (the recipient's own, if they set some, else messenger's)."""
-        window = self._quiet_of.get(recipient, self.quiet_hours) if recipient in self._quiet_of else self.quiet_hours
+        window = self._quiet_window(recipient)
         if window is None:
             return False
         start, end = window
@@ -399,6 +402,7 @@ class Messenger(Agent):
                 quiet += 1
                 report.quiet = True
                 report.waiting += 1
+                self._note_quiet(alert)
                 continue
             if alert.recipient not in self.recipients:
                 self._skip(alert, "recipient no longer configured", report)
@@ -421,6 +425,13 @@ class Messenger(Agent):
                 return
         if quiet:
             self.log.info("quiet hours: %d alert(s) wait until they end", quiet)
+
+    def _note_quiet(self, alert: AlertRow) -> None:
+        """Say on the waiting alert why it waits (the dashboard's outbox shows it); written once per window."""
+        window = self._quiet_window(alert.recipient)
+        note = f"quiet hours until {window[1]:%H:%M} {self.zone.key}" if window else "quiet hours"
+        if alert.last_error != note:
+            self.store.mark_alert(alert.id, "queued", error=note, at=self.clock(), count_attempt=False, expect="queued")
 
     def _daily_cap(self, person: Recipient | None) -> int:
         return person.daily_cap if person is not None and person.daily_cap is not None else self.config.daily_cap
