@@ -312,7 +312,7 @@ def history(
     """Recent opportunities: product, price, estimate, discount, link and alert status."""
     from deals.memory.store import Store
 
-    with Store.open_default() as store:
+    with Store.open_default(settings_of(ctx)) as store:
         rows = store.history(limit)
     if as_json:
         sys.stdout.write(json.dumps([row.model_dump(mode="json") for row in rows], indent=2) + "\n")
@@ -352,7 +352,7 @@ def notify_test(ctx: typer.Context) -> None:
     from deals.memory.store import Store
 
     settings = settings_of(ctx)
-    with Store.open_default() as store:
+    with Store.open_default(settings) as store:
         messenger = Messenger(settings, store)
         try:
             ids = messenger.send_test()

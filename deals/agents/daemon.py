@@ -1,14 +1,19 @@
-"""The daemon's wiring: one daemon per store, the configured planner, the orchestrator.
+"""The daemon's wiring: the store's lock where it is exclusive, the configured planner, the orchestrator.
 
     run_daemon(settings)                       `deals run`: cycles until SIGTERM/SIGINT
     run_daemon(settings, once=True)            `deals run --once`: one cycle
     run_daemon(settings, feeds=[...], wait=True)
 
-Returns the exit status (see `deals.framework.orchestrator`). Before the first cycle it
-takes the store's daemon lock (`deals.memory.lock`): a second daemon on the same store
-raises `StoreLockedError` naming the holder (the CLI exits 2), or with `wait=True` waits
-until the holder exits. Holding the lock, it closes runs that a killed process left
-'running' as 'interrupted'.
+Returns the exit status (see `deals.framework.orchestrator`). Where the store is exclusive
+(`store.exclusive`; by default a SQLite store is, a PostgreSQL store is not; see
+`deals.memory.lock`) it first takes the store's daemon lock: a second daemon raises
+`StoreLockedError` naming the holder (the CLI exits 2), or with `wait=True` waits until
+the holder exits. On a shared store `wait` has nothing to wait for.
+
+It then registers as a worker of the store, heartbeating from a thread, so that other
+daemons can tell it is alive (`deals.memory.claims`), and closes the runs that daemons
+which died left 'running' as 'interrupted'. On exit it unregisters: whatever it had
+claimed returns to the pool at once.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from deals.framework import paths
 from deals.framework.errors import ConfigError
 from deals.framework.settings import Settings, check_feed_url
 
@@ -24,10 +28,10 @@ log = logging.getLogger("deals.agents.daemon")
 
 
 def run_daemon(settings: Settings, *, feeds: Sequence[str] | None = None, once: bool = False, wait: bool = False) -> int:
-    """Lock the store, build the planner and run the orchestrator; the exit status."""
+    """Lock the store if it is exclusive, build the planner and run the orchestrator; the exit status."""
     from deals.agents.planner import Planner
     from deals.framework.orchestrator import Orchestrator
-    from deals.memory.lock import StoreLock
+    from deals.memory.lock import daemon_lock
     from deals.memory.store import Store
 
     urls = None
@@ -38,10 +42,13 @@ def run_daemon(settings: Settings, *, feeds: Sequence[str] | None = None, once: 
                 urls.append(check_feed_url(url))
             except ValueError as exc:
                 raise ConfigError(f"--feed {url!r}: {exc}") from None
-    lock = StoreLock(paths.database_path())
-    lock.acquire(wait=wait)
+    lock = daemon_lock(settings)
+    if lock is not None:
+        lock.acquire(wait=wait)
     try:
-        with Store.open_default() as store:
+        with Store.open_default(settings) as store:
+            store.register_worker()
+            store.start_heartbeat()
             interrupted = store.interrupt_unfinished_runs()
             if interrupted:
                 log.warning("%d run(s) left 'running' by a process that died were marked interrupted", interrupted)
@@ -55,7 +62,8 @@ def run_daemon(settings: Settings, *, feeds: Sequence[str] | None = None, once: 
             finally:
                 planner.close()
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 __all__ = ["run_daemon"]
