@@ -22,7 +22,7 @@ table's primary key settles any remaining race (`ON CONFLICT DO NOTHING`).
 worker whose heartbeat is older than `worker_timeout_s`, or whose process on this host
 is gone (same host identity, pid not running or started at another time), is deleted by
 the next claimer, and its claims with it (ON DELETE CASCADE); its work is then picked up
-like any other. The daemon heartbeats from a thread (`start_heartbeat`) every quarter of
+like any other, and the cycle it was running is recorded as 'interrupted'. The daemon heartbeats from a thread (`start_heartbeat`) every quarter of
 the timeout, so slow work (a long LLM call, Twilio retries) never looks dead. The host
 identity is the host name, the kernel's boot id and the pid namespace, so containers
 that share a host name are told apart. A worker that finds its own row gone (it was
@@ -220,6 +220,11 @@ class Claims:
                 if started is None or (row["process_start"] is not None and abs(started - float(row["process_start"])) > 0.5):
                     db.execute("DELETE FROM workers WHERE id = ?", (row["id"],))
                     dead.append(int(row["id"]))
+            for worker in dead:  # the cycles they were running will not finish
+                db.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ? WHERE status = 'running' AND worker_id = ?",
+                    (self._now(), worker),
+                )
         if dead:
             log.info("worker(s) %s stopped heartbeating or died; their claimed work returns to the pool", sorted(dead))
         return len(dead)
