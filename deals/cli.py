@@ -292,15 +292,93 @@ def run(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="run one cycle and exit (0 when it ran to its end, 1 when it failed)")] = False,
     feed: Annotated[Optional[list[str]], typer.Option("--feed", "-f", help="feed URL for this run (repeatable); replaces feeds.urls")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="if another daemon holds this store, wait for it to exit instead of exiting 2")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="if another daemon holds this (exclusive) store, wait for it to exit instead of exiting 2")] = False,
 ) -> None:
     """Start the daemon: read, scan, price and alert every scheduler.interval_minutes (SIGTERM stops it cleanly).
 
-    One daemon per store: a second one exits 2 naming the holder, or waits with --wait.
+    On an exclusive store (SQLite by default) a second daemon exits 2 naming the holder, or
+    waits with --wait; daemons on a shared store (PostgreSQL by default) divide the work.
     """
     from deals.agents.daemon import run_daemon
 
     raise typer.Exit(run_daemon(settings_of(ctx), feeds=feed, once=once, wait=wait))
+
+
+@app.command()
+def health(ctx: typer.Context) -> None:
+    """Exit 0 when the store is reachable and a daemon on this host heartbeats (for container health checks), else 1."""
+    from deals.agents.daemon import health as check
+
+    ok, message = check(settings_of(ctx))
+    (console if ok else err).print(escape_markup(message))
+    raise typer.Exit(0 if ok else 1)
+
+
+store_app = typer.Typer(help="The memory store: its state, and moving it to PostgreSQL.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("status")
+def store_status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
+) -> None:
+    """The configured store: engine, where (password hidden), migrations, daemons and what they have claimed."""
+    from deals.memory.migrations import MIGRATIONS, applied_migrations
+    from deals.memory.store import Store
+
+    with Store.open_default(settings_of(ctx)) as store:
+        with store._lock:
+            applied = applied_migrations(store.db)
+        status = {
+            "engine": store.engine,
+            "store": str(store.path),
+            "migrations": {"applied": len(applied), "known": len(MIGRATIONS), "last": applied[-1] if applied else None},
+            "workers": [w.model_dump(mode="json") | {"host": w.hostname} for w in store.workers()],
+            "claims": dict(Counter(c["kind"] for c in store.claims())),
+        }
+    if as_json:
+        sys.stdout.write(json.dumps(status, indent=2) + "\n")
+        return
+    console.print(f"{status['engine']} store at {escape_markup(status['store'])}")
+    console.print(f"migrations: {len(applied)} applied, last {status['migrations']['last']}")
+    for worker in status["workers"]:
+        console.print(
+            f"daemon {worker['id']}: pid {worker['pid']} on {escape_markup(worker['host'])}, "
+            f"heartbeat {worker['seconds_since_heartbeat']:.0f}s ago"
+        )
+    if not status["workers"]:
+        console.print("no daemon is registered")
+    claims = ", ".join(f"{count} {kind}" for kind, count in sorted(status["claims"].items())) or "none"
+    console.print(f"claimed work: {claims}")
+
+
+@store_app.command("migrate")
+def store_migrate(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help="the target store: postgresql://user@host:5432/db (an empty database)")],
+    source: Annotated[Optional[str], typer.Option("--from", help="the store to copy (default: deals.db under DEALS_HOME)")] = None,
+) -> None:
+    """Copy the SQLite store into PostgreSQL, verified by row counts and checksums; run again to resume."""
+    from deals.framework.dburl import redact
+    from deals.memory.copy import migrate_store
+
+    def progress(table: str, copied: int, total: int) -> None:
+        err.print(f"  {table}: {copied:,}/{total:,}", highlight=False)
+
+    report = migrate_store(to, source=source, progress=progress)
+    table = Table(title=f"copied {escape_markup(report.source)} -> {escape_markup(redact(report.target))}" + (" (resumed)" if report.resumed else ""))
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    table.add_column("copied now", justify="right")
+    table.add_column("sha256")
+    table.add_column("verified")
+    for entry in report.tables:
+        table.add_row(entry.name, f"{entry.rows:,}", f"{entry.copied_now:,}", entry.checksum[:16], "yes" if entry.verified else "NO")
+    console.print(table)
+    console.print(
+        f"{report.rows:,} rows verified. Point the daemon at it: store.url (or DEALS_STORE__URL={escape_markup(redact(to))})"
+    )
 
 
 @app.command()

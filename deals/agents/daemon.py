@@ -66,4 +66,21 @@ def run_daemon(settings: Settings, *, feeds: Sequence[str] | None = None, once: 
             lock.release()
 
 
-__all__ = ["run_daemon"]
+def health(settings: Settings) -> tuple[bool, str]:
+    """`deals health` (a container's health check): is the store reachable, and has a daemon
+    on this host (this container) heartbeated within `store.worker_timeout_s`?"""
+    from deals.memory.claims import host_identity
+    from deals.memory.store import Store
+
+    with Store.open_default(settings) as store:
+        mine = [w for w in store.workers() if w.host == host_identity()]
+    alive = [w for w in mine if w.seconds_since_heartbeat <= settings.store.worker_timeout_s]
+    if alive:
+        best = min(alive, key=lambda w: w.seconds_since_heartbeat)
+        return True, f"ok: daemon pid {best.pid} heartbeat {best.seconds_since_heartbeat:.0f}s ago ({store.engine} store)"
+    if mine:
+        return False, f"the daemon on this host has not heartbeated for {min(w.seconds_since_heartbeat for w in mine):.0f}s"
+    return False, "no daemon is running on this host (none is registered with the store)"
+
+
+__all__ = ["health", "run_daemon"]

@@ -274,7 +274,7 @@ def m009_workers_and_claims(db: Connection) -> None:
             name TEXT PRIMARY KEY,
             source TEXT NOT NULL,
             copied INTEGER NOT NULL DEFAULT 0,
-            last_rowid INTEGER NOT NULL DEFAULT 0,
+            last_key TEXT,
             done INTEGER NOT NULL DEFAULT 0,
             checksum TEXT,
             updated_at TEXT NOT NULL
