@@ -291,7 +291,27 @@ class Claims:
                 [*params, int(limit)],
             ).fetchall()
             won = set(self._insert_claims(db, "price", [row["entry_key"] for row in rows]))
+            won -= self._drop_priced(db, sorted(won))
         return [self._deal(row) for row in rows if row["entry_key"] in won]  # type: ignore[attr-defined]
+
+    def _drop_priced(self, db: Any, keys: list[str]) -> set[str]:
+        """Of the deals just claimed, those priced meanwhile: their claims are dropped again.
+
+        On PostgreSQL the candidates are read from the claim query's snapshot: another
+        worker can claim a deal, price it and release its claim (the estimate's
+        transaction) after that snapshot, and the claim insert then wins, the other claim
+        being gone. A new statement (a new snapshot in READ COMMITTED) sees the estimate.
+        On SQLite (one writer at a time) this finds nothing.
+        """
+        priced: set[str] = set()
+        for start in range(0, len(keys), _ROWS_PER_INSERT):
+            chunk = keys[start : start + _ROWS_PER_INSERT]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT deal_key FROM estimates WHERE deal_key IN ({marks})", chunk).fetchall()
+            priced.update(row[0] for row in rows)
+        if priced:
+            self.release_claims("price", sorted(priced))
+        return priced
 
     def claim_sending(self, alert_id: int) -> bool:
         """Claim an alert left in 'sending' (to reconcile it with the provider); False if it is not, or another worker has it."""
