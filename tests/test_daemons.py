@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from deals.memory.store import Store
-from tests.fakes.daemon import REPO, TrippingTwilio, clean_env, scanner_reply, write_config
+from tests.fakes.daemon import REPO, TrippingTwilio, clean_env, deal_feed, finished, scanner_reply, write_config
 from tests.fakes.feed_server import FeedServer, feed_server  # noqa: F401 - pytest fixture
 from tests.fakes.llm_server import FakeLLMServer, Recorded, Reply, answer
 from tests.fakes.twilio_server import ACCOUNT_SID, AUTH_TOKEN
@@ -36,19 +36,6 @@ SENDER = "+15550000000"
 WORTH = 999.0  # what the fake specialist says every product is worth
 # a real deal at $999 saves >= max($25, 30%): offers up to $699.30 are opportunities
 OPPORTUNITY_BELOW = WORTH * 0.7
-
-
-def deal_feed(feed: int, items: int) -> bytes:
-    """An RSS feed of single-product deals, some cheap enough to alert and some not."""
-    entries = []
-    for item in range(items):
-        price = 19 + (feed * 37 + item * 53) % 880  # $19 .. $898
-        link = f"https://shop.example/f{feed}/deal-{item}"
-        entries.append(
-            f"<item><title>Acme Gadget {feed}-{item} Pro for ${price}</title><link>{link}</link><guid>{link}</guid>"
-            f"<description>Acme Gadget {feed}-{item} Pro, brand new.</description></item>"
-        )
-    return f"<rss version='2.0'><channel><title>deals {feed}</title>{''.join(entries)}</channel></rss>".encode()
 
 
 class World:
@@ -91,16 +78,6 @@ def holder_pid(store: Store, message: dict[str, Any]) -> int | None:
         (message["to"], message["body"]),
     ).fetchone()
     return int(row[0]) if row else None
-
-
-def finished(store: Store, entries: int) -> bool:
-    """Every entry read, every deal priced, every opportunity's alerts sent."""
-    db = store.db
-    seen = db.execute("SELECT COUNT(*) FROM seen_entries").fetchone()[0]
-    unpriced = db.execute("SELECT COUNT(*) FROM deals d WHERE NOT EXISTS (SELECT 1 FROM estimates e WHERE e.deal_key = d.entry_key)").fetchone()[0]
-    opportunities = db.execute("SELECT COUNT(*) FROM opportunities").fetchone()[0]
-    sent = db.execute("SELECT COUNT(*) FROM alerts WHERE state = 'sent'").fetchone()[0]
-    return seen >= entries and unpriced == 0 and opportunities > 0 and sent == 2 * opportunities
 
 
 def run_daemons(tmp_path: Path, feed_server: FeedServer, target: str, *, daemons: int, feeds: int = 6, items: int = 12) -> None:  # noqa: F811
@@ -152,7 +129,7 @@ def run_daemons(tmp_path: Path, feed_server: FeedServer, target: str, *, daemons
             survivors = [p for p in processes if p is not killed]
 
             deadline = time.monotonic() + 120
-            while not finished(store, feeds * items):
+            while not finished(store, feeds * items, recipients=2):
                 assert time.monotonic() < deadline, "the survivors did not finish the work\n" + _logs(tmp_path)
                 assert all(p.poll() is None for p in survivors), _logs(tmp_path)
                 time.sleep(0.3)
