@@ -38,7 +38,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -79,6 +79,13 @@ def process_start(pid: int) -> float | None:
         return float(process.create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
+
+
+def in_chunks(keys: Sequence[str]) -> Iterator[tuple[list[str], str]]:
+    """`keys` in chunks of `_ROWS_PER_INSERT`, each with its `?,?,...` for an IN list."""
+    for start in range(0, len(keys), _ROWS_PER_INSERT):
+        chunk = list(keys[start : start + _ROWS_PER_INSERT])
+        yield chunk, ",".join("?" * len(chunk))
 
 
 class WorkerRow(BaseModel):
@@ -236,8 +243,7 @@ class Claims:
         won: list[str] = []
         now = self._now()
         worker = self.worker_id
-        for start in range(0, len(keys), _ROWS_PER_INSERT):
-            chunk = list(keys[start : start + _ROWS_PER_INSERT])
+        for chunk, _ in in_chunks(keys):
             values = ", ".join("(?, ?, ?, ?)" for _ in chunk)
             params: list[Any] = []
             for key in chunk:
@@ -258,9 +264,7 @@ class Claims:
         self.reap_workers()
         with self.transaction() as db:
             others: set[str] = set()
-            for start in range(0, len(urls), _ROWS_PER_INSERT):
-                chunk = urls[start : start + _ROWS_PER_INSERT]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_chunks(urls):
                 rows = db.execute(
                     f"SELECT key, worker_id FROM claims WHERE kind = 'feed' AND key IN ({marks})", chunk
                 ).fetchall()
@@ -304,9 +308,7 @@ class Claims:
         On SQLite (one writer at a time) this finds nothing.
         """
         priced: set[str] = set()
-        for start in range(0, len(keys), _ROWS_PER_INSERT):
-            chunk = keys[start : start + _ROWS_PER_INSERT]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in in_chunks(keys):
             rows = db.execute(f"SELECT deal_key FROM estimates WHERE deal_key IN ({marks})", chunk).fetchall()
             priced.update(row[0] for row in rows)
         if priced:
@@ -336,9 +338,7 @@ class Claims:
             return
         texts = [str(key) for key in keys]
         with self.transaction() as db:
-            for start in range(0, len(texts), _ROWS_PER_INSERT):
-                chunk = texts[start : start + _ROWS_PER_INSERT]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_chunks(texts):
                 db.execute(
                     f"DELETE FROM claims WHERE kind = ? AND worker_id = ? AND key IN ({marks})", [kind, self._worker_id, *chunk]
                 )
