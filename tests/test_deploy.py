@@ -84,6 +84,10 @@ def test_compose_wires_the_topology_the_guide_describes():
     assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
     assert any(arg.startswith("--lora-modules=pricer=") for arg in vllm["command"])
     assert "--enable-lora" in vllm["command"]
+    # the guide describes every service, and the variables the gpu profile needs
+    guide = (DEPLOY / "README.md").read_text().split("## Containers (`deploy/compose.yaml`)", 1)[1]
+    assert all(f"| `{name}` |" in guide for name in services), "deploy/README.md: a service is missing from the table"
+    assert "--profile gpu" in guide and "DEALS_SPECIALIST__BASE_URL=http://vllm:8000/v1" in guide
     # every variable the file uses is documented in env.example
     documented = set(re.findall(r"^#?\s*([A-Z_]+)=", (DEPLOY / "env.example").read_text(), re.M))
     assert set(re.findall(r"\$\{([A-Z_]+)", text)) <= documented
