@@ -36,6 +36,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -57,6 +58,21 @@ ALERT_STATES = ("queued", "sending", "sent", "failed", "skipped")
 log = logging.getLogger("deals.memory.store")
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 
+
+
+def _enable_wal(db: sqlite3.Connection, wait_s: float) -> None:
+    """Switch the file to WAL. SQLite answers "database is locked" at once, without its busy
+    handler, while another connection is switching it too (several daemons starting together),
+    so wait here as busy_timeout would."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 class StoreError(DealsError):
     """The memory store was misused (closed, an unknown row) or its file cannot be used."""
@@ -240,7 +256,7 @@ class Store(Claims):
         try:
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(db, busy_timeout_s)
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
             apply_migrations(db)
