@@ -15,8 +15,8 @@ settings) and prints:
 4. on test.jsonl (its natural cheap-skewed mix), the same numbers deal-weighted, so that
    1,209 items rather than 344 stand behind them;
 5. on off_domain.jsonl (Walmart/Amazon 2013 listings: a source the catalogue does not
-   use), the default pricer against the constant pricer, and how many items are flagged
-   low-confidence (interval wider than a factor of 4);
+   use), the default pricer against the constant pricer, as drawn and deal-weighted, and
+   how many items are flagged low-confidence (interval wider than LOW_CONFIDENCE_RATIO);
 6. the time of a first `deals price` on an empty DEALS_HOME (a subprocess).
 
 Reports (JSON) and plots (PNG) go to --out (default reports/bench-alerts).
@@ -153,7 +153,7 @@ def main() -> None:
     from deals.pricer.alerts import AlertRule
     from deals.pricer.base import create_pricer
     from deals.pricer.data import load_products
-    from deals.pricer.evaluate import evaluate, plot, plot_alert_curve, write_report
+    from deals.pricer.evaluate import LOW_CONFIDENCE_RATIO, evaluate, plot, plot_alert_curve, write_report
 
     settings = load_settings()
     rule = AlertRule.from_settings(settings.planner)
@@ -191,7 +191,11 @@ def main() -> None:
                 console.print(table)
             if file == "off_domain":
                 console.print(f"off-domain: {main_report.low_confidence} of {main_report.n} items flagged low-confidence "
-                              f"(interval wider than x4); items/s {main_report.items_per_s:.1f}")  # fmt: skip
+                              f"(interval wider than x{LOW_CONFIDENCE_RATIO:g}); items/s {main_report.items_per_s:.1f}")  # fmt: skip
+                for r in reports:  # the same items with the price mix of deals
+                    w = weighted(r, kept[r.pricer], rule)
+                    results.setdefault("off_domain_deal_weighted", {})[r.pricer] = w
+                    console.print(f"off-domain, deal-weighted: {r.pricer} MAE ${w['mae']:,.2f} RMSLE {w['rmsle']:.3f}")
     finally:
         for pricer in pricers.values():
             pricer.close()

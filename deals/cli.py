@@ -294,12 +294,13 @@ def run(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="run one cycle and exit (0 when it ran to its end, 1 when it failed)")] = False,
     feed: Annotated[Optional[list[str]], typer.Option("--feed", "-f", help="feed URL for this run (repeatable); replaces feeds.urls")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="if another daemon holds this store, wait for it to exit instead of exiting 2")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="if another daemon holds this (exclusive) store, wait for it to exit instead of exiting 2")] = False,
     dashboard: Annotated[bool, typer.Option("--dashboard", help="also serve the dashboard from this process (dashboard.host:dashboard.port)")] = False,
 ) -> None:
     """Start the daemon: read, scan, price and alert every scheduler.interval_minutes (SIGTERM stops it cleanly).
 
-    One daemon per store: a second one exits 2 naming the holder, or waits with --wait.
+    On an exclusive store (SQLite by default) a second daemon exits 2 naming the holder, or
+    waits with --wait; daemons on a shared store (PostgreSQL by default) divide the work.
     """
     from deals.agents.daemon import run_daemon
 
@@ -340,6 +341,7 @@ def _phone_number(number: str) -> str:
 
 @watch_app.command("add")
 def watch_add(
+    ctx: typer.Context,
     number: Annotated[str, typer.Argument(help="the recipient's phone number (E.164, e.g. +15551234567)")],
     keyword: Annotated[Optional[list[str]], typer.Option("--keyword", "-k", help="a word or phrase that must appear (repeatable: all must)")] = None,
     regex: Annotated[Optional[str], typer.Option("--regex", "-r", help="a regular expression the title or description must match")] = None,
@@ -366,7 +368,7 @@ def watch_add(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'watch'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise typer.BadParameter(problems, param_hint="the watch") from None
-    with Store.open_default() as store:
+    with Store.open_default(settings_of(ctx)) as store:
         watch_id = store.add_watch(number, rule)
     console.print(plain(f"watch {watch_id} added for {mask(number)}: {rule.name or ' '.join(rule.keywords) or rule.regex}"))
 
@@ -380,8 +382,9 @@ def watch_list(
     from deals.agents.watchlist import Watchlist, mask
     from deals.memory.store import Store
 
-    with Store.open_default() as store:
-        watchlist = Watchlist.load(settings_of(ctx), store)
+    settings = settings_of(ctx)
+    with Store.open_default(settings) as store:
+        watchlist = Watchlist.load(settings, store)
     watches = watchlist.watches()
     if as_json:
         rows = [{"id": w.id, "source": w.source, "recipient": mask(w.recipient), **w.rule.model_dump(exclude_defaults=True)} for w in watches]
@@ -416,11 +419,11 @@ def watch_list(
 
 
 @watch_app.command("remove")
-def watch_remove(watch_id: Annotated[int, typer.Argument(help="the watch's id (from `deals watch list`)")]) -> None:
+def watch_remove(ctx: typer.Context, watch_id: Annotated[int, typer.Argument(help="the watch's id (from `deals watch list`)")]) -> None:
     """Remove a watch added with `deals watch add` or the dashboard (those in config.yaml are edited there)."""
     from deals.memory.store import Store
 
-    with Store.open_default() as store:
+    with Store.open_default(settings_of(ctx)) as store:
         removed = store.remove_watch(watch_id)
     if not removed:
         raise typer.BadParameter(f"no stored watch {watch_id} (see `deals watch list`; watches in config.yaml are edited there)",
@@ -430,6 +433,7 @@ def watch_remove(watch_id: Annotated[int, typer.Argument(help="the watch's id (f
 
 @watch_app.command("recipient")
 def watch_recipient(
+    ctx: typer.Context,
     number: Annotated[str, typer.Argument(help="the recipient's phone number (E.164)")],
     daily_cap: Annotated[Optional[int], typer.Option("--daily-cap", min=0, help="alerts per local day (default messenger.daily_cap)")] = None,
     quiet: Annotated[Optional[str], typer.Option("--quiet", help="quiet hours HH:MM-HH:MM (default messenger's)")] = None,
@@ -443,10 +447,87 @@ def watch_recipient(
         start, end = parse_quiet(quiet) if quiet else (None, None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--quiet'") from None
-    with Store.open_default() as store:
+    with Store.open_default(settings_of(ctx)) as store:
         store.set_recipient(number, daily_cap=daily_cap, quiet_start=start, quiet_end=end)
     console.print(f"{mask(number)}: daily cap {'default' if daily_cap is None else daily_cap}, "
                   f"quiet hours {f'{start}-{end}' if start else 'default'}")  # fmt: skip
+
+
+@app.command()
+def health(ctx: typer.Context) -> None:
+    """Exit 0 when the store is reachable and a daemon on this host heartbeats (for container health checks), else 1."""
+    from deals.agents.daemon import health as check
+
+    ok, message = check(settings_of(ctx))
+    (console if ok else err).print(escape_markup(message))
+    raise typer.Exit(0 if ok else 1)
+
+
+store_app = typer.Typer(help="The memory store: its state, and moving it to PostgreSQL.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("status")
+def store_status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
+) -> None:
+    """The configured store: engine, where (password hidden), migrations, daemons and what they have claimed."""
+    from deals.memory.migrations import MIGRATIONS, applied_migrations
+    from deals.memory.store import Store
+
+    with Store.open_default(settings_of(ctx)) as store:
+        with store._lock:
+            applied = applied_migrations(store.db)
+        status = {
+            "engine": store.engine,
+            "store": str(store.path),
+            "migrations": {"applied": len(applied), "known": len(MIGRATIONS), "last": applied[-1] if applied else None},
+            "workers": [w.model_dump(mode="json") | {"host": w.hostname} for w in store.workers()],
+            "claims": dict(Counter(c["kind"] for c in store.claims())),
+        }
+    if as_json:
+        sys.stdout.write(json.dumps(status, indent=2) + "\n")
+        return
+    console.print(f"{status['engine']} store at {escape_markup(status['store'])}")
+    console.print(f"migrations: {len(applied)} applied, last {status['migrations']['last']}")
+    for worker in status["workers"]:
+        console.print(
+            f"daemon {worker['id']}: pid {worker['pid']} on {escape_markup(worker['host'])}, "
+            f"heartbeat {worker['seconds_since_heartbeat']:.0f}s ago"
+        )
+    if not status["workers"]:
+        console.print("no daemon is registered")
+    claims = ", ".join(f"{count} {kind}" for kind, count in sorted(status["claims"].items())) or "none"
+    console.print(f"claimed work: {claims}")
+
+
+@store_app.command("migrate")
+def store_migrate(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help="the target store: postgresql://user@host:5432/db (an empty database)")],
+    source: Annotated[Optional[str], typer.Option("--from", help="the store to copy (default: deals.db under DEALS_HOME)")] = None,
+) -> None:
+    """Copy the SQLite store into PostgreSQL, verified by row counts and checksums; run again to resume."""
+    from deals.framework.dburl import redact
+    from deals.memory.copy import migrate_store
+
+    def progress(table: str, copied: int, total: int) -> None:
+        err.print(f"  {table}: {copied:,}/{total:,}", highlight=False)
+
+    report = migrate_store(to, source=source, progress=progress)
+    table = Table(title=f"copied {escape_markup(report.source)} -> {escape_markup(redact(report.target))}" + (" (resumed)" if report.resumed else ""))
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    table.add_column("copied now", justify="right")
+    table.add_column("sha256")
+    table.add_column("verified")
+    for entry in report.tables:
+        table.add_row(entry.name, f"{entry.rows:,}", f"{entry.copied_now:,}", entry.checksum[:16], "yes" if entry.verified else "NO")
+    console.print(table)
+    console.print(
+        f"{report.rows:,} rows verified. Point the daemon at it: store.url (or DEALS_STORE__URL={escape_markup(redact(to))})"
+    )
 
 
 @app.command()
@@ -458,7 +539,7 @@ def history(
     """Recent opportunities: product, price, estimate, discount, link and alert status."""
     from deals.memory.store import Store
 
-    with Store.open_default() as store:
+    with Store.open_default(settings_of(ctx)) as store:
         rows = store.history(limit)
     if as_json:
         sys.stdout.write(json.dumps([row.model_dump(mode="json") for row in rows], indent=2) + "\n")
@@ -498,7 +579,7 @@ def notify_test(ctx: typer.Context) -> None:
     from deals.memory.store import Store
 
     settings = settings_of(ctx)
-    with Store.open_default() as store:
+    with Store.open_default(settings) as store:
         messenger = Messenger(settings, store)
         try:
             ids = messenger.send_test()

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deals.framework.models import Product, text_key  # noqa: E402
+from deals.framework.models import Product  # noqa: E402
 from deals.framework.settings import Settings  # noqa: E402
 from deals.memory.embeddings import Embedder, embedder_fingerprint  # noqa: E402
 from deals.pricer.catalogue import (  # noqa: E402
@@ -143,11 +143,10 @@ def main() -> None:
     if args.vectors_cache and args.vectors_cache.exists():
         with np.load(args.vectors_cache) as data:
             cache = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
-    wanted = {p.id: p.text for p in pool} | {text_key(p.title): p.title for p in pool}  # full texts, and titles alone
-    missing = [key for key in wanted if key not in cache]
+    missing = [p for p in pool if p.id not in cache]
     if missing:
-        for key, v in zip(missing, embedder.encode([wanted[k] for k in missing], progress=True), strict=True):
-            cache[key] = v
+        for p, v in zip(missing, embedder.encode([p.text for p in missing], progress=True), strict=True):
+            cache[p.id] = v
     if args.vectors_cache:
         np.savez(args.vectors_cache, keys=np.array(list(cache)), vectors=np.array(list(cache.values())))
     # The vectors as the index will hold them (float16 on disk), so that fitting sees what serving sees.
@@ -164,7 +163,6 @@ def main() -> None:
     validation = [p for p, keep in zip(pool, is_validation, strict=True) if keep]
     test = [p for p, keep in zip(pool, is_test, strict=True) if keep]
     cat_vectors, val_vectors = vectors[is_catalogue], vectors[is_validation]
-    title_vectors = np.array([cache[text_key(p.title)] for p in catalogue], dtype=np.float16).astype(np.float32)
     deal_like = deal_like_sample(test, DEAL_LIKE_SIZE, seed)
 
     off_settings = settings.data.model_copy(update={"min_chars": 20})
@@ -182,8 +180,8 @@ def main() -> None:
 
     cat_novel = novel[is_catalogue]
     model = fit_local_model(
-        catalogue, cat_vectors, fingerprint=fingerprint, recalibrate_on=cat_novel, title_vectors=title_vectors,
-        validation=validation, validation_vectors=val_vectors, seed=seed,
+        catalogue, cat_vectors, fingerprint=fingerprint, recalibrate_on=cat_novel, validation=validation,
+        validation_vectors=val_vectors, seed=seed,
     )  # fmt: skip
     model.save(STARTER_DIR / STARTER_LOCAL)
 

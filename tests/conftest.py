@@ -37,6 +37,43 @@ def deals_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """The session's PostgreSQL server (initdb + pg_ctl on 127.0.0.1, tests/fakes/postgres.py).
+
+    Skipped, saying why, where the binaries are not installed; under CI (CI=true) that is a
+    failure instead, since .ci/run installs them."""
+    from tests.fakes.postgres import PostgresServer, find_binaries
+
+    if find_binaries() is None:
+        reason = (
+            "PostgreSQL is not installed (no initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin); "
+            "`apt-get install postgresql` runs these tests"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = PostgresServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh, empty schema on the session's server, as a store URL."""
+    url = postgres.new_schema()
+    yield url
+    postgres.drop_schema(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request, tmp_path):
+    """What `Store(...)` opens, once per engine: a SQLite file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return tmp_path / "deals.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
 def seeded_home_template(tmp_path_factory):
     """A DEALS_HOME with the starter index seeded, the ONNX query encoder exported and the
     ridge member fitted: built once per session by the real CLI (`deals price`)."""

@@ -59,9 +59,11 @@ def test_samples_follow_the_quantiles():
 
 
 def test_a_sure_estimate_alerts_near_the_point_rule_and_an_unsure_one_asks_for_more():
-    sure, unsure = lognormal(300, 0.05), lognormal(300, 0.8)
-    assert alert_below(sure, RULE) == pytest.approx(210, rel=0.06)
-    assert 0 < alert_below(unsure, RULE) < 0.6 * alert_below(sure, RULE)
+    sure = alert_below(lognormal(300, 0.05), RULE)
+    assert sure == pytest.approx(210, rel=0.06)
+    by_spread = [alert_below(lognormal(300, sigma), RULE) for sigma in (0.2, 0.4, 0.6, 0.8, 1.0)]
+    assert sure > by_spread[0] and by_spread == sorted(by_spread, reverse=True)  # the less sure, the deeper the cut asked
+    assert 0 < by_spread[-2] < 0.7 * sure  # sigma 0.8: roughly 0.45 to 2.2 times the median covers 80%
 
 
 def test_more_confidence_means_a_lower_threshold():

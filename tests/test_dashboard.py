@@ -1,12 +1,16 @@
 """The dashboard without a browser: safety (binding, token, host, CSRF, escaping, masking),
 bad input, pagination, live-update fragments, writes, and the vendored htmx.
 
-The app runs in-process (Starlette's TestClient) over a real store in the test's DEALS_HOME.
+The app runs in-process (Starlette's TestClient) over a real store: the SQLite file in the
+test's DEALS_HOME, and for the tests that read or write the store through the pages, a
+PostgreSQL schema too (`engine_store`: the app opens it from `store.url`, as `deals dashboard`
+does with DEALS_STORE__URL).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,9 +21,10 @@ from starlette.testclient import TestClient
 from deals.cli import run_cli
 from deals.framework.errors import ConfigError
 from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity
-from deals.framework.settings import Settings, WatchRule
+from deals.framework.settings import Settings, StoreSettings, WatchRule
 from deals.memory.store import Store
 from deals.web.app import create_app
+from deals.web.settings_view import redacted_settings
 from deals.web.security import SESSION_COOKIE, Guard, check_bind, is_loopback
 
 STATIC = Path(__file__).resolve().parents[1] / "deals" / "web" / "static"
@@ -57,8 +62,22 @@ def store(deals_home):
         yield s
 
 
+@pytest.fixture
+def engine_store(store_target, deals_home, monkeypatch):
+    """The store on each engine; on PostgreSQL the app finds it through store.url (DEALS_STORE__URL)."""
+    if str(store_target).startswith("postgresql"):
+        monkeypatch.setenv("DEALS_STORE__URL", str(store_target))
+    else:
+        store_target = deals_home / "deals.db"
+    with Store(store_target) as s:
+        yield s
+
+
 def client(settings: Settings | None = None, **options: object) -> TestClient:
-    return TestClient(create_app(settings or Settings(), **options), base_url=BASE)
+    settings = settings or Settings()
+    if os.environ.get("DEALS_STORE__URL"):  # as load_settings would read it
+        settings = settings.model_copy(update={"store": StoreSettings(url=os.environ["DEALS_STORE__URL"])})
+    return TestClient(create_app(settings, **options), base_url=BASE)
 
 
 def csrf_of(c: TestClient) -> str:
@@ -122,8 +141,8 @@ def test_unknown_host_names_are_refused_on_loopback(store):
 # --------------------------------------------------------------------------- CSRF
 
 
-def test_every_write_needs_the_csrf_token_and_our_origin(store):
-    app = create_app(Settings())
+def test_every_write_needs_the_csrf_token_and_our_origin(engine_store):
+    app = client().app
     posts = [r.path for r in app.routes if "POST" in (getattr(r, "methods", None) or ())]
     assert set(posts) == {"/feeds/add", "/feeds/toggle", "/watches/add", "/watches/{id}/remove", "/recipients", "/login", "/logout"}
     c = TestClient(app, base_url=BASE)
@@ -134,18 +153,18 @@ def test_every_write_needs_the_csrf_token_and_our_origin(store):
         assert c.post(path, data={"csrf": "forged", "number": BOB, "keywords": "x"}).status_code == 403, path
         refused = c.post(path, data={"csrf": csrf, "number": BOB, "keywords": "x"}, headers={"origin": "https://evil.example"})
         assert refused.status_code == 403, path
-    assert store.stored_watches() == [] and store.feed_controls() == []
+    assert engine_store.stored_watches() == [] and engine_store.feed_controls() == []
     ok = c.post("/watches/add", data={"csrf": csrf, "number": BOB, "keywords": "x"}, headers={"x-csrf-token": csrf}, follow_redirects=False)
-    assert ok.status_code == 303 and len(store.stored_watches()) == 1
+    assert ok.status_code == 303 and len(engine_store.stored_watches()) == 1
 
 
 # --------------------------------------------------------------------------- escaping and masking
 
 
-def test_hostile_text_is_escaped_everywhere_and_javascript_links_are_not_links(store):
-    [oid] = fill(store, description=HOSTILE, url="javascript:alert(document.cookie)")
+def test_hostile_text_is_escaped_everywhere_and_javascript_links_are_not_links(engine_store):
+    [oid] = fill(engine_store, description=HOSTILE, url="javascript:alert(document.cookie)")
     c = client()
-    for path in [*PAGES, f"/opportunities/{oid}", "/deals?q=script", "/product?key=" + store.entry_facts(["k0"])["k0"].product_key]:
+    for path in [*PAGES, f"/opportunities/{oid}", "/deals?q=script", "/product?key=" + engine_store.entry_facts(["k0"])["k0"].product_key]:
         page = c.get(path)
         assert page.status_code == 200, path
         assert "<script>alert" not in page.text and "<img src=x" not in page.text, path
@@ -155,12 +174,12 @@ def test_hostile_text_is_escaped_everywhere_and_javascript_links_are_not_links(s
         assert "content-security-policy" in page.headers and "script-src 'self'" in page.headers["content-security-policy"]
 
 
-def test_no_secret_or_full_phone_number_is_rendered(store, monkeypatch):
-    fill(store, 3)
+def test_no_secret_or_full_phone_number_is_rendered(engine_store, monkeypatch):
+    fill(engine_store, 3)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tw-secret-0123456789")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-0123456789")
     monkeypatch.setenv("DEALS_DASHBOARD_TOKEN", TOKEN)
-    store.add_watch(BOB, WatchRule(keywords=["tv"]))
+    engine_store.add_watch(BOB, WatchRule(keywords=["tv"]))
     settings = Settings.model_validate(
         {"messenger": {"to": [ALICE], "from_number": "+15550009999", "base_url": "https://user:hunter2@proxy.example/twilio?api_key=abc123"},
          "llm": {"base_url": "https://gw.example/v1?token=t0k3n"}}  # fmt: skip
@@ -174,13 +193,16 @@ def test_no_secret_or_full_phone_number_is_rendered(store, monkeypatch):
     settings_page = c.get("/settings").text
     assert "********0001" in settings_page and "***@proxy.example" in settings_page
     assert re.search(r"TWILIO_AUTH_TOKEN</code></td><td><span class=\"badge s-sent\">set", settings_page)
+    # a PostgreSQL store's password (store.url) is never shown either
+    shown = redacted_settings(Settings.model_validate({"store": {"url": "postgresql://deals:pg-s3cr3t@db.example:5432/deals"}}))
+    assert "pg-s3cr3t" not in shown and "db.example:5432/deals" in shown
 
 
 # --------------------------------------------------------------------------- pages, bad input, pagination
 
 
-def test_opportunity_page_shows_why(store):
-    [oid] = fill(store)
+def test_opportunity_page_shows_why(engine_store):
+    [oid] = fill(engine_store)
     text = client().get(f"/opportunities/{oid}").text
     assert "0.910" in text and "(catalogue)" in text  # the nearest catalogue product and its similarity
     assert "knn" in text and "$90" in text and "similar mice sell for about $100" in text  # members and the frontier's reasoning
@@ -207,8 +229,8 @@ def test_bad_input_gets_a_clear_error_page(store, path, status, message):
     assert page.status_code == status and message in page.text and "<h1>" in page.text
 
 
-def test_lists_are_paginated_and_filterable(store):
-    fill(store, 12)
+def test_lists_are_paginated_and_filterable(engine_store):
+    fill(engine_store, 12)
     settings = Settings.model_validate({"dashboard": {"page_size": 5}})
     c = client(settings)
     first = c.get("/opportunities").text
@@ -221,8 +243,8 @@ def test_lists_are_paginated_and_filterable(store):
     assert "No deals match" in c.get("/deals?until=2000-01-01").text and "No deals match" not in c.get(f"/deals?since={today}").text
 
 
-def test_live_updates_return_only_the_rows(store):
-    fill(store, 2)
+def test_live_updates_return_only_the_rows(engine_store):
+    fill(engine_store, 2)
     c = client()
     fragment = c.get("/opportunities?fragment=1", headers={"hx-request": "true"}).text
     assert fragment.lstrip().startswith('<tbody id="opportunity-rows"') and "<html" not in fragment
@@ -230,23 +252,23 @@ def test_live_updates_return_only_the_rows(store):
     assert c.get("/runs?fragment=1", headers={"hx-request": "true"}).text.lstrip().startswith("<tbody")
 
 
-def test_feeds_added_and_disabled_in_the_dashboard_change_what_a_cycle_reads(store):
+def test_feeds_added_and_disabled_in_the_dashboard_change_what_a_cycle_reads(engine_store):
     configured = "https://configured.example/rss"
     c = client(Settings.model_validate({"feeds": {"urls": [configured]}}))
     csrf = csrf_of(c)
     assert "not added" in c.post("/feeds/add", data={"csrf": csrf, "url": "ftp://x.example/rss"}).text
     c.post("/feeds/add", data={"csrf": csrf, "url": "https://added.example/rss"})
     c.post("/feeds/toggle", data={"csrf": csrf, "url": configured, "enabled": "0"})
-    assert store.effective_feed_urls([configured]) == ["https://added.example/rss"]
+    assert engine_store.effective_feed_urls([configured]) == ["https://added.example/rss"]
     page = c.get("/feeds").text
     assert "added.example" in page and "disabled" in page
 
 
-def test_a_feed_only_read_with_the_feed_option_is_offered_to_the_cycle_not_shown_disabled(store):
+def test_a_feed_only_read_with_the_feed_option_is_offered_to_the_cycle_not_shown_disabled(engine_store):
     configured, once, stale = "https://configured.example/rss", "https://once.example/rss", "https://stale.example/rss"
-    store.save_feed_state(FeedState(url=once, last_success_at=datetime.now(timezone.utc)))  # `deals run --feed` read it
-    store.save_feed_state(FeedState(url=stale))
-    store.set_feed_enabled(stale, False)  # disabled while it was configured, then dropped from feeds.urls
+    engine_store.save_feed_state(FeedState(url=once, last_success_at=datetime.now(timezone.utc)))  # `deals run --feed` read it
+    engine_store.save_feed_state(FeedState(url=stale))
+    engine_store.set_feed_enabled(stale, False)  # disabled while it was configured, then dropped from feeds.urls
     c = client(Settings.model_validate({"feeds": {"urls": [configured]}}))
     csrf = csrf_of(c)
 
@@ -254,23 +276,23 @@ def test_a_feed_only_read_with_the_feed_option_is_offered_to_the_cycle_not_shown
         return next(r for r in re.findall(r"<tr>.*?</tr>", c.get("/feeds").text, re.S) if url in r)
 
     assert "add to the cycle" in row(once) and "disabled" not in row(once) and ">disable<" in row(configured)
-    assert store.effective_feed_urls([configured]) == [configured]
+    assert engine_store.effective_feed_urls([configured]) == [configured]
     for url in (once, stale):
         answer = c.post("/feeds/toggle", data={"csrf": csrf, "url": url, "enabled": "1"})
         assert "added to the cycle" in answer.text
-    assert store.effective_feed_urls([configured]) == [configured, once, stale]
+    assert engine_store.effective_feed_urls([configured]) == [configured, once, stale]
     assert ">disable<" in row(once) and "added here" in row(once) and "add to the cycle" not in row(stale)
     c.post("/feeds/toggle", data={"csrf": csrf, "url": once, "enabled": "0"})
-    assert store.effective_feed_urls([configured]) == [configured, stale] and "disabled" in row(once) and ">enable<" in row(once)
+    assert engine_store.effective_feed_urls([configured]) == [configured, stale] and "disabled" in row(once) and ">enable<" in row(once)
     c.post("/feeds/toggle", data={"csrf": csrf, "url": configured, "enabled": "0"})
     assert "already in feeds.urls" in c.post("/feeds/add", data={"csrf": csrf, "url": configured}).text
-    assert store.effective_feed_urls([configured]) == [configured, stale] and "added here" not in row(configured)
+    assert engine_store.effective_feed_urls([configured]) == [configured, stale] and "added here" not in row(configured)
     assert "no such feed" in c.post("/feeds/toggle", data={"csrf": csrf, "url": "https://unknown.example/rss", "enabled": "1"}).text
 
 
-def test_costs_page_and_charts(store):
+def test_costs_page_and_charts(engine_store):
     for agent, cost in (("scanner", 0.0012), ("frontier", 0.0031), ("frontier", 0.0009)):
-        store.record_llm_call(agent=agent, provider="openai", model="gpt-4o-mini", tokens_in=1000, tokens_out=50, cost_usd=cost)
+        engine_store.record_llm_call(agent=agent, provider="openai", model="gpt-4o-mini", tokens_in=1000, tokens_out=50, cost_usd=cost)
     c = client()
     page = c.get("/costs").text
     assert "$0.0052" in page and "frontier" in page and "scanner" in page

@@ -69,23 +69,23 @@ def test_deal_prior_weights_give_the_mix_of_deals():
     assert share_cheap == pytest.approx(0.07 / (0.07 + 0.24), abs=1e-6)  # <$25 against $250-500, as configured
 
 
-def test_fitting_and_recalibrating_on_real_catalogue_products(tmp_path, monkeypatch, embedder):
+def test_fitting_and_recalibrating_on_real_catalogue_products(tmp_path, monkeypatch):
     import deals.pricer.local_fit as local_fit
 
-    monkeypatch.setitem(local_fit.TREE_PARAMS, "max_iter", 40)  # small and quick; the shipped model uses 300
-    products = starter_products()[:900]
-    vectors = np.load(STARTER_DIR / STARTER_VECTORS)[:900].astype(np.float32)
-    nearest, _ = exact_neighbours(vectors, vectors, 1, exclude=np.arange(900))
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setitem(local_fit.TREE_PARAMS, "max_iter", 25)  # small and quick; the shipped model uses 300
+    products = starter_products()[:600]
+    vectors = np.load(STARTER_DIR / STARTER_VECTORS)[:600].astype(np.float32)
+    nearest, _ = exact_neighbours(vectors, vectors, 1, exclude=np.arange(600))
     novel = nearest[:, 0] < 0.8
-    titles = embedder.encode([p.title for p in products[:800]])
-    model = fit_local_model(
-        products[:800], vectors[:800], fingerprint="test", recalibrate_on=novel[:800], title_vectors=titles,
-        validation=products[800:], validation_vectors=vectors[800:], folds=3, progress=False,
-    )  # fmt: skip
+    with threadpool_limits(1):  # OpenMP threads spin badly when the machine is shared; one is plenty for 500 rows
+        model = fit_local_model(
+            products[:500], vectors[:500], fingerprint="test", recalibrate_on=novel[:500],
+            validation=products[500:], validation_vectors=vectors[500:], folds=3, progress=False,
+        )  # fmt: skip
     assert model.levels == QUANTILE_LEVELS and len(model.forests) == len(QUANTILE_LEVELS)
-    assert model.meta["title_rows"] and model.meta["validation_products"] == 100
-    short, long = model.shifts  # titles alone are recalibrated apart: their intervals come out wider
-    assert model.shifts.shape == (2, len(QUANTILE_LEVELS)) and (short[-1] - short[0]) > (long[-1] - long[0])
+    assert model.meta["recalibrated_on"] == int(novel[:500].sum()) and model.meta["validation_products"] == 100
     coverage = model.meta["validation_coverage"]  # held out: roughly right, not exactly
     assert coverage["0.9"] > coverage["0.5"] > coverage["0.1"] and 0.6 < coverage["0.9"] and coverage["0.1"] < 0.4
     loaded = LocalModel.load(model.save(tmp_path / "local.npz"))

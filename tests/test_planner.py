@@ -8,6 +8,7 @@ import io
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -275,6 +276,17 @@ def test_a_crash_between_scanning_and_pricing_loses_no_deal(store, urls):
     report = restarted.planner.run_cycle(urls)
     assert report.entries_read == 0 and report.deals == 0
     assert report.priced == 8 and report.opportunities == 8 and report.alerts_sent == 8
+
+
+def test_deals_stored_longer_ago_than_price_within_days_are_not_priced(deals_home, urls):
+    now = [datetime.now(timezone.utc)]
+    with Store(deals_home / "deals.db", clock=lambda: now[0]) as store:
+        with pytest.raises(KeyboardInterrupt):
+            Rig(store, interrupt_once=True).planner.run_cycle(urls)  # 8 deals stored, none priced
+        now[0] += timedelta(days=8)  # a week later (planner.price_within_days: 7): the offers are likely gone
+        assert Rig(store).planner.run_cycle(urls).priced == 0 and len(store.unpriced_deals(100)) == 8
+        longer = Settings.model_validate({"planner": {"price_within_days": 10}})
+        assert Rig(store, longer).planner.run_cycle(urls).priced == 8
 
 
 def test_at_most_max_deals_per_cycle_are_priced_and_the_rest_wait(store, urls):

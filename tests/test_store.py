@@ -1,4 +1,10 @@
-"""The SQLite memory store: migrations, every method, WAL, transactions, threads."""
+"""The memory store: migrations, every method, transactions, threads, on both engines.
+
+Every test that takes `store` or `store_target` runs twice: on a SQLite file and on a
+PostgreSQL schema (the session's server, tests/fakes/postgres.py). SQLite-only behaviour
+(WAL, a damaged file) and PostgreSQL-only behaviour (URLs, passwords, a lost connection)
+have their own tests at the end.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity
+from deals.memory.dialect import PgConnection, dialect_of
 from deals.memory.migrations import MIGRATIONS, applied_migrations, apply_migrations
 from deals.memory.store import Store, StoreError
 
@@ -32,9 +39,16 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path, clock):
-    with Store(tmp_path / "deals.db", clock=clock) as s:
+def store(store_target, clock):
+    with Store(store_target, clock=clock) as s:
         yield s
+
+
+def raw_connection(target):
+    """A bare connection to the store's database, as the migrations get it."""
+    if isinstance(target, str):
+        return PgConnection(target)
+    return sqlite3.connect(target, isolation_level=None)
 
 
 def deal(key: str = "k1", price: float = 50.0, description: str = "Acme cordless drill 20V") -> Deal:
@@ -66,55 +80,82 @@ def entry(key: str, feed: str = "http://feed/a") -> FeedEntry:
 # --------------------------------------------------------------------------- schema
 
 
-def test_fresh_database_is_migrated_in_wal_mode_with_foreign_keys(store, tmp_path):
+def test_fresh_database_is_migrated(store):
     names = [fn.__name__ for fn in MIGRATIONS]
     assert names[0] == "m001_initial" and names == sorted(names)
     assert applied_migrations(store.db) == names
-    assert store.pragma("journal_mode") == "wal"
-    assert store.pragma("foreign_keys") == 1
-    assert store.pragma("busy_timeout") >= 1000
-    tables = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = set(store.tables())
     assert {"feeds", "seen_entries", "deals", "estimates", "opportunities", "alerts", "runs", "migrations"} <= tables
+    assert {"sends", "llm_calls", "estimates_cache", "workers", "claims"} <= tables
 
 
-def test_reopening_applies_nothing_twice(tmp_path):
-    path = tmp_path / "deals.db"
-    Store(path).close()
-    with Store(path) as again:
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
+    with Store(tmp_path / "deals.db") as store:
+        assert store.engine == "sqlite"
+        assert store.pragma("journal_mode") == "wal"
+        assert store.pragma("foreign_keys") == 1
+        assert store.pragma("busy_timeout") >= 1000
+
+
+def test_reopening_applies_nothing_twice(store_target):
+    Store(store_target).close()
+    with Store(store_target) as again:
         assert apply_migrations(again.db) == []
         count = again.db.execute("SELECT COUNT(*) FROM migrations").fetchone()[0]
         assert count == len(MIGRATIONS)
 
 
-def test_database_at_an_older_migration_is_upgraded_and_keeps_its_data(tmp_path):
-    path = tmp_path / "old.db"
-    db = sqlite3.connect(path, isolation_level=None)
+def test_database_at_an_older_migration_is_upgraded_and_keeps_its_data(store_target):
+    db = raw_connection(store_target)
     assert apply_migrations(db, MIGRATIONS[:1]) == ["m001_initial"]
     db.execute(
         "INSERT INTO deals (entry_key, description, price, url, created_at) VALUES ('old', 'Old deal', 9.5, 'https://x', ?)",
         ("2024-01-01T00:00:00.000000Z",),
     )
-    assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alerts'").fetchone()
+    assert "alerts" not in dialect_of(db).tables(db)
     db.close()
 
-    with Store(path) as store:
+    with Store(store_target) as store:
         assert applied_migrations(store.db) == [fn.__name__ for fn in MIGRATIONS]
         assert store.get_deal("old") == Deal(entry_key="old", product_description="Old deal", price=9.5, url="https://x")
         opp_id = store.save_opportunity(Opportunity(deal=store.get_deal("old"), estimate=estimate(40), discount=30.5))
         assert store.enqueue_alert(opp_id, "+15551230000", "hi") > 0
 
 
-def test_a_failing_migration_is_rolled_back_and_not_recorded(tmp_path):
+def test_a_failing_migration_is_rolled_back_and_not_recorded(store_target):
     def m999_broken(db):
-        db.execute("CREATE TABLE half_done (x)")
+        db.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
-    db = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    db = raw_connection(store_target)
     with pytest.raises(RuntimeError):
         apply_migrations(db, [*MIGRATIONS, m999_broken])
     assert "m999_broken" not in applied_migrations(db)
-    assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchone()
+    assert "half_done" not in dialect_of(db).tables(db)
     assert len(applied_migrations(db)) == len(MIGRATIONS)
+    db.close()
+
+
+def test_two_processes_migrating_one_store_at_once_apply_each_migration_once(store_target):
+    """Two daemons starting together on an empty store: the migrations are applied once, not raced."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def open_store() -> None:
+        try:
+            start.wait()
+            Store(store_target).close()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    with Store(store_target) as store:
+        assert applied_migrations(store.db) == [fn.__name__ for fn in MIGRATIONS]
 
 
 def test_open_default_lives_under_deals_home(deals_home):
@@ -309,7 +350,7 @@ def test_outbox_rejects_bad_input(store):
         store.mark_alert(999, "sent")
     with pytest.raises(StoreError, match="no opportunity 999"):
         store.enqueue_alert(999, "+1", "x")
-    with pytest.raises(sqlite3.IntegrityError):  # the CHECK constraint backs the validation
+    with pytest.raises(store.dialect.IntegrityError):  # the CHECK constraint backs the validation
         store.db.execute("UPDATE alerts SET state = 'lost'")
 
 
@@ -358,10 +399,9 @@ def test_a_failed_write_leaves_earlier_state_intact(store):
 # --------------------------------------------------------------------------- concurrency
 
 
-def test_threads_share_one_store_and_another_connection_reads_meanwhile(tmp_path):
-    path = tmp_path / "deals.db"
-    store = Store(path)
-    reader = Store(path)  # another connection, as `deals history` in another process
+def test_threads_share_one_store_and_another_connection_reads_meanwhile(store_target):
+    store = Store(store_target)
+    reader = Store(store_target)  # another connection, as `deals history` in another process
     errors: list[BaseException] = []
     start = threading.Barrier(5)
 

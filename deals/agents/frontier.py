@@ -358,7 +358,7 @@ def _create(
             from deals.memory.store import Store
 
             try:
-                store = Store.open_default()
+                store = Store.open_default(settings)
                 owned.append(store)
             except DealsError as exc:
                 log.warning("frontier: memory store unavailable (%s); caching in memory only", exc)

@@ -17,14 +17,22 @@ recipient`) replace the messenger's for them. Without Twilio the console gets ev
 opportunity once.
 
 An alert is written before it is sent and marked after, so a crash never loses one. It is
-claimed atomically (queued -> sending only while still queued, `Store.claim_alert`), so
-two processes can never both send it, and every hand-over to the provider is recorded
-(`sends`: started, outcome, provider id), so `deals history` shows any duplicate. Nothing
-is ever resent without first asking the provider whether it already went out:
-`reconcile()` (run first by every `notify`/`deliver_pending`) checks each alert left in
-`sending` against the provider's message list (`Notifier.find_sent`): found -> sent, not
-found -> queued (and sent again); unreachable -> left for the next cycle. Retries inside
-one delivery check the same way before resending (a timeout or a 5xx may have gone out).
+claimed atomically (queued -> sending only while still queued, together with the alert's
+`send` claim, `Store.claim_alert`), so two processes can never both send it, and every
+hand-over to the provider is recorded (`sends`: started, outcome, provider id), so
+`deals history` shows any duplicate. Nothing is ever resent without first asking the
+provider whether it already went out: `reconcile()` (run first by every
+`notify`/`deliver_pending`) checks each alert left in `sending` against the provider's
+message list (`Notifier.find_sent`): found -> sent, not found -> queued (and sent again);
+unreachable -> left for the next cycle. Retries inside one delivery check the same way
+before resending (a timeout or a 5xx may have gone out).
+
+Several daemons on one store: an alert in `sending` whose `send` claim is held by a live
+daemon is being sent right now and is left alone; a reconciler claims the alert first
+(`Store.claim_sending`), so only one daemon asks the provider about it, and the claims
+of a daemon that died return at once (see `deals.memory.claims`). Just before each
+hand-over the sender checks that it still holds the claim (a daemon paused past
+`store.worker_timeout_s` has lost it and must not send).
 
 Transient errors (5xx, 429, network) are retried with exponential backoff
 (`messenger.retry_base_s`, doubling, `messenger.max_attempts` attempts; `sleep` is
@@ -255,6 +263,8 @@ class Messenger(Agent):
                 opp.deal, opp.estimate, general=True, title=facts.title if facts else None, feed_url=facts.feed_url if facts else None
             )
             self.store.save_routes(opportunity_id, routes or [("", "nobody")])  # '' marks "routed, to nobody"
+            # what is stored now: another daemon may have routed it meanwhile (the first route of a recipient stays)
+            routes = self.store.routes(opportunity_id)
         return [(recipient, why) for recipient, why in routes if recipient]
 
     def _enqueue(self, opportunity_id: int, opp: Opportunity, recipients: Sequence[str], report: MessengerReport) -> bool:
@@ -351,21 +361,30 @@ class Messenger(Agent):
         for alert in self.store.alerts(["sending"]):
             if alert.recipient not in self.recipients:
                 continue  # not ours to settle with this notifier; kept for when it returns
+            if not self.store.claim_sending(alert.id):
+                continue  # another daemon is sending or reconciling it right now
             try:
-                sid = self.notifier.find_sent(alert.recipient, alert.body, self._lookback(alert))
-            except NotifyError as exc:
-                report.unknown += 1
-                report.errors.append(str(exc))
-                self.log.warning("alert %d: cannot reconcile yet (%s); it stays pending", alert.id, exc)
-                continue
-            if sid:
-                if self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock(), expect="sending"):
-                    self.store.settle_sends(alert.id, sid, at=self.clock())
-                    report.reconciled += 1
-                    self.log.info("alert %d: already delivered as %s, not resending", alert.id, sid)
-            elif self.store.mark_alert(alert.id, "queued", at=self.clock(), expect="sending"):
-                report.requeued += 1
-                self.log.info("alert %d: not found at the provider, queued again", alert.id)
+                self._reconcile_one(alert, report)
+            finally:
+                self.store.release_claims("send", [alert.id])
+
+    def _reconcile_one(self, alert: AlertRow, report: MessengerReport) -> None:
+        """Ask the provider about one claimed alert left in 'sending': sent, or queued again."""
+        try:
+            sid = self.notifier.find_sent(alert.recipient, alert.body, self._lookback(alert))
+        except NotifyError as exc:
+            report.unknown += 1
+            report.errors.append(str(exc))
+            self.log.warning("alert %d: cannot reconcile yet (%s); it stays pending", alert.id, exc)
+            return
+        if sid:
+            if self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock(), expect="sending"):
+                self.store.settle_sends(alert.id, sid, at=self.clock())
+                report.reconciled += 1
+                self.log.info("alert %d: already delivered as %s, not resending", alert.id, sid)
+        elif self.store.mark_alert(alert.id, "queued", at=self.clock(), expect="sending"):
+            report.requeued += 1
+            self.log.info("alert %d: not found at the provider, queued again", alert.id)
 
     def _recover(self, report: MessengerReport) -> None:
         """Queue what an interrupted cycle left: routes without alerts, and opportunities never routed."""
@@ -437,15 +456,22 @@ class Messenger(Agent):
         return person.daily_cap if person is not None and person.daily_cap is not None else self.config.daily_cap
 
     def _skip(self, alert: AlertRow, reason: str, report: MessengerReport) -> None:
-        self.store.mark_alert(alert.id, "skipped", error=reason, at=self.clock())
+        if not self.store.mark_alert(alert.id, "skipped", error=reason, at=self.clock(), expect="queued"):
+            return  # another daemon claimed it meanwhile (and may have sent it): not ours to skip
         report.skipped += 1
         self.log.warning("alert %d to %s skipped: %s", alert.id, _mask(alert.recipient), reason)
 
     def _send(self, alert: AlertRow, report: MessengerReport) -> str:
         """Claim and deliver one alert with retries: 'sent', 'failed', 'taken' or 'unknown' (left in 'sending')."""
         if not self.store.claim_alert(alert.id, at=self.clock()):
-            self.log.warning("alert %d: no longer queued (another process took it); not sending", alert.id)
+            self.log.info("alert %d: no longer queued (another process took it); not sending", alert.id)
             return "taken"
+        try:
+            return self._send_claimed(alert, report)
+        finally:
+            self.store.release_claims("send", [alert.id])
+
+    def _send_claimed(self, alert: AlertRow, report: MessengerReport) -> str:
         attempts = self.config.max_attempts
         last: NotifyError | None = None
         for attempt in range(1, attempts + 1):
@@ -462,6 +488,10 @@ class Messenger(Agent):
                     report.sent += 1
                     return "sent"
                 self.store.mark_alert(alert.id, "sending", at=self.clock())  # counts this attempt
+            if not self.store.holds_claim("send", alert.id):
+                # taken for dead while paused: another daemon reconciles it with the provider
+                self.log.warning("alert %d: this daemon lost its claim (paused too long?); not sending", alert.id)
+                return "taken"
             send_id = self.store.begin_send(alert.id, at=self.clock())
             try:
                 sid = self.notifier.send(alert.recipient, alert.body)

@@ -14,9 +14,10 @@ One cycle, each step writing to the memory store before the next begins, so that
    they covered matters: saved earlier, a crash during the scan would turn the next
    fetch into a 304 and the entries would never be read again. A crash before this
    commit re-reads and re-scans the same entries next cycle; after it, nothing is redone;
-4. **price**: the oldest stored deals without an estimate (`store.unpriced_deals_since`: new
+4. **price**: the oldest stored deals without an estimate (`store.claim_unpriced_deals`: new
    ones and any left by an interrupted cycle, stored in the last `planner.price_within_days`
-   days), at most `planner.max_deals_per_cycle`,
+   days, an index range, so the step does not slow down as history grows), at most
+   `planner.max_deals_per_cycle`,
    batched through `pricer.price_many` (a batch that fails is retried item by item, so
    one bad deal costs only itself); pricers that declare `thread_safe = True` run
    `planner.concurrency` batches at once on a thread pool, the others (the kNN pricer:
@@ -41,6 +42,14 @@ One cycle, each step writing to the memory store before the next begins, so that
 
 The cycle's LLM calls, tokens and dollars are counted for every agent that made them
 (scanner, frontier pricer, ...) from the process-wide meter of `deals.framework.llm.usage`.
+
+Several daemons on one store share the work through claims (`deals.memory.claims`): a
+feed is read, scanned and stored by one daemon at a time (steps 1-3 run per group of
+claimed feeds; each daemon claims its share, the feeds not yet claimed divided by the
+live daemons, and comes back for more), a deal is priced by one daemon at a time
+(step 4 claims its deals; a deal whose pricing failed stays claimed until the step
+ends, so it is retried next cycle, not at once), and an alert is sent by one (the
+messenger). Alone, a daemon claims everything in one go: the cycle is the one above.
 
 A failure in one feed, batch, deal or step is logged, counted in the `CycleReport` and
 skipped; the cycle goes on and completes. `should_stop()` (the daemon's shutdown flag) is
@@ -98,6 +107,7 @@ class CycleReport(BaseModel):
     feeds_failed: int = 0
     feeds_skipped: int = Field(0, description="left alone: in backoff after earlier failures")
     feeds_unhealthy: int = 0
+    feeds_elsewhere: int = Field(0, description="being read by another daemon on the same store (not counted above)")
     feed_entries: dict[str, int] = Field(default_factory=dict, description="entries read per feed this cycle")
     entries_read: int = 0
     new_entries: int = Field(0, description="entries never seen before")
@@ -133,6 +143,8 @@ class CycleReport(BaseModel):
         feeds = f"{self.feeds_ok}/{self.feeds} feeds ok"
         if self.feeds_failed or self.feeds_skipped or self.feeds_unhealthy:
             feeds += f" ({self.feeds_failed} failed, {self.feeds_skipped} in backoff, {self.feeds_unhealthy} unhealthy)"
+        if self.feeds_elsewhere:
+            feeds += f", {self.feeds_elsewhere} read by another daemon"
         text = (
             f"cycle {self.run_id} {self.status}: {feeds}; {self.entries_read} entries read, {self.new_entries} new; "
             f"{self.deals} deals ({self.rejected} rejected); {self.priced} priced ({self.pricing_failed} failed); "
@@ -306,13 +318,30 @@ class Planner(Agent):
         return bool(self.store.unseen([key]))
 
     def _ingest(self, urls: list[str], report: CycleReport) -> None:
+        """Read, scan and store the feeds, a claimed group at a time (all of them when this daemon is alone)."""
+        remaining = list(urls)
+        while remaining:
+            if self.should_stop():
+                return
+            share = math.ceil(len(remaining) / self.store.live_workers())
+            mine, others = self.store.claim_feeds(remaining, share)
+            report.feeds_elsewhere += sum(1 for url in remaining if url in others)
+            remaining = [url for url in remaining if url not in others and url not in mine]
+            if not mine:
+                return
+            try:
+                self._ingest_feeds(mine, report)
+            finally:
+                self.store.release_claims("feed", mine)
+
+    def _ingest_feeds(self, urls: list[str], report: CycleReport) -> None:
         states: dict[str, FeedState] = {s.url: s for s in self.store.feed_states() if s.url in urls}
         read: ReadResult = self.reader.read(urls, states, is_new=self._is_new)
         self._count_feeds(read, report)
-        report.entries_read = len(read.entries)
+        report.entries_read += len(read.entries)
         unseen = set(self.store.unseen([e.key for e in read.entries]))
         new = [e for e in read.entries if e.key in unseen]
-        report.new_entries = len(new)
+        report.new_entries += len(new)
         deals: list[Deal] = []
         rejections: dict[str, str] = {}
         if new:
@@ -330,8 +359,8 @@ class Planner(Agent):
                 return
             deals = scan.deals
             rejections = scan.rejections
-            report.deals = len(deals)
-            report.rejected = scan.rejected
+            report.deals += len(deals)
+            report.rejected += scan.rejected
             for message in scan.errors:
                 report.add_error(f"scan: {message}")
         with self.store.transaction():
@@ -367,14 +396,38 @@ class Planner(Agent):
         older offers are likely gone, and looking at them would make every cycle as slow as
         the whole history is long.
         """
-        since = self.store.clock() - timedelta(days=self.config.price_within_days)
-        return self.store.unpriced_deals_since(self.config.max_deals_per_cycle, since, max_attempts=self.max_pricing_attempts)
+        return self.store.unpriced_deals(
+            self.config.max_deals_per_cycle, since=self._price_since(), max_attempts=self.max_pricing_attempts
+        )
+
+    def _price_since(self) -> datetime:
+        """Deals stored before this (by the store's clock) are no longer priced: `planner.price_within_days`."""
+        return self.store.clock() - timedelta(days=self.config.price_within_days)
 
     def _price(self, report: CycleReport) -> None:
-        todo = self.pending_deals()
-        if not todo:
-            return
-        self._watchlist = Watchlist.load(self.settings, self.store)  # watches added since the last cycle count
+        """Price the deals this daemon claims (its share at a time), at most `planner.max_deals_per_cycle`.
+
+        Only deals stored in the last `planner.price_within_days` days are claimed (see `pending_deals`).
+        """
+        budget = self.config.max_deals_per_cycle
+        since = self._price_since()
+        claimed: list[str] = []
+        try:
+            while budget > 0 and not self.should_stop():
+                chunk = math.ceil(budget / self.store.live_workers())
+                todo = self.store.claim_unpriced_deals(chunk, since=since, max_attempts=self.max_pricing_attempts)
+                if not todo:
+                    return
+                if not claimed:
+                    self._watchlist = Watchlist.load(self.settings, self.store)  # watches added since the last cycle count
+                claimed += [deal.entry_key for deal in todo]
+                budget -= len(todo)
+                self._price_deals(todo, report)
+        finally:
+            # priced deals gave their claims up when stored; failed ones wait for the next cycle
+            self.store.release_claims("price", claimed)
+
+    def _price_deals(self, todo: list[Deal], report: CycleReport) -> None:
         self._facts = self.store.entry_facts([deal.entry_key for deal in todo])
         safe = self.pricer.thread_safe
         workers = min(self.config.concurrency, len(todo)) if safe else 1

@@ -29,9 +29,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 from deals.framework import paths
+from deals.framework.dburl import redact, sqlite_path
 from deals.framework.errors import ConfigError
 
 ENV_PREFIX = "DEALS_"
@@ -381,6 +382,42 @@ class DashboardSettings(Section):
     )
 
 
+def check_store_url(value: str | None) -> str | None:
+    """A PostgreSQL URL, a SQLite URL or None; ValueError (naming no password) for anything else."""
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        if not urlsplit(text).path.strip("/") and "dbname=" not in text:
+            raise ValueError("a PostgreSQL URL names its database: postgresql://user@host:5432/deals")
+        return text
+    if scheme == "sqlite":
+        sqlite_path(text)
+        return text
+    raise ValueError(f"{redact(text)!r} is not a store URL: postgresql://user@host:5432/deals, or sqlite:////path/to/deals.db")
+
+
+class StoreSettings(Section):
+    url: Annotated[str | None, AfterValidator(check_store_url)] = Field(
+        None,
+        description="postgresql://user@host:5432/deals (password in PGPASSWORD, or the URL in DEALS_STORE__URL) "
+        "or sqlite:////path/deals.db; null = deals.db under DEALS_HOME",
+    )
+    exclusive: bool | None = Field(
+        None,
+        description="one daemon per store (a second exits 2, or waits with --wait); null = yes on SQLite, no on PostgreSQL",
+    )
+    worker_timeout_s: float = Field(
+        60.0, ge=2, le=3600,
+        description="a daemon silent this long is taken for dead and its claimed work returns to the pool (at once if its process on this host is gone)",
+    )
+
+    @field_serializer("url")
+    def _hide_password(self, value: str | None) -> str | None:
+        return redact(value) if value else value
+
+
 class SchedulerSettings(Section):
     interval_minutes: float = Field(30.0, gt=0, le=10_080, description="minutes between cycles (at most a week)")
     jitter_s: int = Field(60, ge=0, le=86_400, description="random delay added to each cycle start")
@@ -407,6 +444,7 @@ class Settings(Section):
     messenger: MessengerSettings = Field(default_factory=MessengerSettings, description="SMS alerts through Twilio")
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="the daemon's schedule")
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="the web dashboard (`deals dashboard`, `deals run --dashboard`)")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="the memory store (SQLite or PostgreSQL) and several daemons on it")
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,6 +1,6 @@
 """The store's record of feed entries: what each feed said, what became of it, and price history.
 
-Table `entries` (migration m009): one row per new feed entry, written by the planner in the
+Table `entries` (migration m010): one row per new feed entry, written by the planner in the
 same transaction as the deals and the entries marked seen. A deal's row is a *sighting* of
 its product (`product_key`, see `deals.framework.product_key`) at its price and time, so
 
@@ -13,11 +13,12 @@ through an index; a rejection by the scanner is stored as "not a single product"
 scanner's reason.
 
 `EntriesMixin` is mixed into `deals.memory.store.Store` and uses its connection, lock and
-transactions. Its SQL, like that of `views` and `watches`, keeps to the subset SQLite and
-PostgreSQL run alike: `?` placeholders, `ON CONFLICT` (never `INSERT OR ...`), order by
-columns (never `rowid`), no `? IS NULL` (PostgreSQL cannot type a bare NULL parameter: the
-SQL is built with or without the condition), no SQLite-only functions; times are compared
-as ISO-8601 text (tests/test_watchlist.py checks the SQL of these modules).
+transactions, on SQLite or PostgreSQL. Its SQL, like that of `views` and `watches`, keeps to
+the subset both engines run alike (`deals.memory.dialect`): `?` placeholders, `ON CONFLICT`
+(never `INSERT OR ...`), order by columns (never `rowid`), no `? IS NULL` (PostgreSQL
+cannot type a bare NULL parameter: the SQL is built with or without the condition), no
+SQLite-only functions, `lower(column) LIKE` for search; times are compared as ISO-8601 text.
+tests/test_watchlist.py checks the SQL of these modules, and their tests run on both engines.
 """
 
 from __future__ import annotations
@@ -119,20 +120,6 @@ class EntriesMixin:
                 )  # fmt: skip
                 added += max(cursor.rowcount, 0)
         return added
-
-    def unpriced_deals_since(self, limit: int, since: datetime, *, max_attempts: int | None = None) -> list[Deal]:
-        """Like `unpriced_deals`, among deals stored since `since` only: a range of the created_at index,
-        so the cost follows the recent deals, not the whole history (benchmarks/bench_dashboard.py)."""
-        from deals.memory.store import to_text
-
-        attempts = "AND d.pricing_attempts < ?" if max_attempts is not None else ""  # never `? IS NULL` (see the docstring)
-        rows = self._all(
-            f"""SELECT d.* FROM deals d LEFT JOIN estimates e ON e.deal_key = d.entry_key
-                WHERE d.created_at >= ? AND e.deal_key IS NULL {attempts}
-                ORDER BY d.created_at, d.entry_key LIMIT ?""",
-            (to_text(since), *([max_attempts] if max_attempts is not None else []), limit),
-        )
-        return [Deal(entry_key=r["entry_key"], product_description=r["description"], price=r["price"], url=r["url"]) for r in rows]
 
     def set_decision(self, key: str, decision: str, reason: str | None = None) -> None:
         """Copy the planner's decision (or a pricing failure) onto the entry, when there is one."""

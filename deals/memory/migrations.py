@@ -8,15 +8,26 @@ next one.
 
 Datetimes are ISO-8601 UTC text (`2025-01-31T12:00:00.000000Z`), so text order is time
 order.
+
+One list for both engines: a migration receives a connection of either kind (a
+`sqlite3.Connection`, or a `deals.memory.dialect.PgConnection`) and writes its SQL in the
+portable subset described in `deals.memory.dialect` (TEXT / INTEGER / REAL /
+`INTEGER PRIMARY KEY AUTOINCREMENT` in DDL, `?` placeholders, `ON CONFLICT` instead of
+`INSERT OR ...`). A migration that must differ per engine asks `dialect_of(db)`.
+On PostgreSQL an advisory lock keeps two processes from migrating one schema at once;
+on SQLite each migration's `BEGIN IMMEDIATE` does.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
-Migration = Callable[[sqlite3.Connection], None]
+from deals.memory.dialect import dialect_of
+
+Connection = Any  # a sqlite3.Connection or a deals.memory.dialect.PgConnection
+Migration = Callable[[Connection], None]
 
 MIGRATIONS: list[Migration] = []
 
@@ -27,14 +38,14 @@ def migration(fn: Migration) -> Migration:
     return fn
 
 
-def _run(db: sqlite3.Connection, *statements: str) -> None:
+def _run(db: Connection, *statements: str) -> None:
     # One statement per execute(): executescript() would COMMIT the open transaction.
     for statement in statements:
         db.execute(statement)
 
 
 @migration
-def m001_initial(db: sqlite3.Connection) -> None:
+def m001_initial(db: Connection) -> None:
     """Feed state, seen entries, deals, estimates, opportunities and cycle runs."""
     _run(
         db,
@@ -92,7 +103,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m002_alert_outbox(db: sqlite3.Connection) -> None:
+def m002_alert_outbox(db: Connection) -> None:
     """The alert outbox: one row per (opportunity, recipient), written before sending.
 
     States: queued -> sending -> sent | failed, or skipped (daily cap, stale, recipient
@@ -120,7 +131,7 @@ def m002_alert_outbox(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m003_lookup_indexes(db: sqlite3.Connection) -> None:
+def m003_lookup_indexes(db: Connection) -> None:
     """Indexes for the daemon's frequent queries (outbox by state, history by date)."""
     _run(
         db,
@@ -133,7 +144,7 @@ def m003_lookup_indexes(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m004_llm_calls_and_estimate_cache(db: sqlite3.Connection) -> None:
+def m004_llm_calls_and_estimate_cache(db: Connection) -> None:
     """LLM usage (one row per call, paid or failed) and the frontier pricer's estimate cache.
 
     `estimates_cache.key` is the sha256 of what determines the answer (description,
@@ -166,7 +177,7 @@ def m004_llm_calls_and_estimate_cache(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m005_pricing_attempts(db: sqlite3.Connection) -> None:
+def m005_pricing_attempts(db: Connection) -> None:
     """Failed pricing attempts per deal, so a deal that never prices is given up across restarts."""
     _run(
         db,
@@ -176,7 +187,7 @@ def m005_pricing_attempts(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m006_send_attempts(db: sqlite3.Connection) -> None:
+def m006_send_attempts(db: Connection) -> None:
     """Every attempt to hand an alert to the provider, so that a duplicate SMS is never invisible."""
     _run(
         db,
@@ -195,7 +206,7 @@ def m006_send_attempts(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m007_dedupe_keys(db: sqlite3.Connection) -> None:
+def m007_dedupe_keys(db: Connection) -> None:
     """Seen entries under the new dedupe key as well (http/https, www. and a trailing slash ignored).
 
     Entries seen before keep matching, so nothing already seen (and texted) comes back as new.
@@ -209,11 +220,11 @@ def m007_dedupe_keys(db: sqlite3.Connection) -> None:
             added.append((dedupe_key(key), feed_url, first_seen))
         except ValueError:
             continue
-    db.executemany("INSERT OR IGNORE INTO seen_entries (key, feed_url, first_seen) VALUES (?, ?, ?)", added)
+    db.executemany("INSERT INTO seen_entries (key, feed_url, first_seen) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", added)
 
 
 @migration
-def m008_estimate_intervals(db: sqlite3.Connection) -> None:
+def m008_estimate_intervals(db: Connection) -> None:
     """Each estimate's interval and distribution, and the planner's decision with its reason."""
     _run(
         db,
@@ -227,7 +238,52 @@ def m008_estimate_intervals(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m009_entries(db: sqlite3.Connection) -> None:
+def m009_workers_and_claims(db: Connection) -> None:
+    """Several daemons on one store (see `deals.memory.claims`).
+
+    `workers`: one row per live store user that claims work (a daemon), with its host
+    identity, pid and the database's clock at its last heartbeat (epoch seconds).
+    `claims`: who is working on what now: a feed being read (`feed`, url), a deal being
+    priced (`price`, entry key), an alert being sent or reconciled (`send`, alert id).
+    A worker's claims go with it (ON DELETE CASCADE) when it stops or is found dead.
+    `runs.worker_id`: which daemon ran the cycle, so a starting daemon closes only the
+    runs of daemons that died. `store_copy`: progress of `deals store migrate` into this
+    store (resumable, verified).
+    """
+    _run(
+        db,
+        """CREATE TABLE workers (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            process_start REAL,
+            command TEXT,
+            started_at TEXT NOT NULL,
+            heartbeat REAL NOT NULL
+        )""",
+        """CREATE TABLE claims (
+            kind TEXT NOT NULL CHECK (kind IN ('feed', 'price', 'send')),
+            key TEXT NOT NULL,
+            worker_id INTEGER NOT NULL REFERENCES workers(id) ON DELETE CASCADE,
+            claimed_at TEXT NOT NULL,
+            PRIMARY KEY (kind, key)
+        )""",
+        "CREATE INDEX claims_worker ON claims(worker_id)",
+        "ALTER TABLE runs ADD COLUMN worker_id INTEGER",
+        """CREATE TABLE store_copy (
+            name TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            copied INTEGER NOT NULL DEFAULT 0,
+            last_key TEXT,
+            done INTEGER NOT NULL DEFAULT 0,
+            checksum TEXT,
+            updated_at TEXT NOT NULL
+        )""",
+    )
+
+
+@migration
+def m010_entries(db: Connection) -> None:
     """Every new feed entry with what the feed claimed and what became of it; price history by product.
 
     One row per entry key (the key of `seen_entries` and `deals`): the feed, title, link,
@@ -267,7 +323,7 @@ def m009_entries(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m010_watches(db: sqlite3.Connection) -> None:
+def m011_watches(db: Connection) -> None:
     """Recipients' own settings and watches added from the CLI or the dashboard; who each opportunity is for.
 
     `routes` is decided once, when the opportunity is stored (by `deals.agents.watchlist`):
@@ -303,7 +359,7 @@ def m010_watches(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m011_feed_controls(db: sqlite3.Connection) -> None:
+def m012_feed_controls(db: Connection) -> None:
     """Feeds added or disabled from the dashboard, on top of `feeds.urls` in the configuration."""
     _run(
         db,
@@ -317,7 +373,7 @@ def m011_feed_controls(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m012_dashboard_indexes(db: sqlite3.Connection) -> None:
+def m013_dashboard_indexes(db: Connection) -> None:
     """Indexes for the dashboard's lists: opportunities and runs newest first, the outbox by time, costs by day."""
     _run(
         db,
@@ -334,34 +390,40 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def applied_migrations(db: sqlite3.Connection) -> list[str]:
+def applied_migrations(db: Connection) -> list[str]:
     """Names of the migrations already applied, in the order they were applied."""
     db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-    return [row[0] for row in db.execute("SELECT name FROM migrations ORDER BY rowid")]
+    # applied_at has microseconds and migrations apply one after another; the name breaks a tie
+    return [row[0] for row in db.execute("SELECT name FROM migrations ORDER BY applied_at, name").fetchall()]
 
 
-def apply_migrations(db: sqlite3.Connection, migrations: Sequence[Migration] | None = None) -> list[str]:
+def apply_migrations(db: Connection, migrations: Sequence[Migration] | None = None) -> list[str]:
     """Apply the pending migrations in order; return the names applied now.
 
-    `db` must be in autocommit mode (`isolation_level=None`): each migration runs in a
-    `BEGIN IMMEDIATE` transaction, so two processes opening the same file at once do not
-    both apply it.
+    `db` must be in autocommit mode (`isolation_level=None` for sqlite3): each migration
+    runs in its own write transaction (`BEGIN IMMEDIATE` on SQLite; on PostgreSQL under an
+    advisory lock), so two processes opening the same store at once do not both apply it.
     """
     migrations = MIGRATIONS if migrations is None else migrations
+    dialect = dialect_of(db)
     applied_now: list[str] = []
-    applied_migrations(db)
-    for fn in migrations:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            done = db.execute("SELECT 1 FROM migrations WHERE name = ?", (fn.__name__,)).fetchone()
-            if not done:
-                fn(db)
-                db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, _now()))
-                applied_now.append(fn.__name__)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+    with dialect.migration_lock(db):
+        applied_migrations(db)
+        for fn in migrations:
+            db.execute(dialect.begin)
+            try:
+                done = db.execute("SELECT 1 FROM migrations WHERE name = ?", (fn.__name__,)).fetchone()
+                if not done:
+                    fn(db)
+                    db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, _now()))
+                    applied_now.append(fn.__name__)
+                db.execute("COMMIT")
+            except BaseException:
+                try:
+                    db.execute("ROLLBACK")
+                except Exception:  # noqa: BLE001 - the connection may be gone; the original error matters
+                    pass
+                raise
     return applied_now
 
 

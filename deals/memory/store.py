@@ -1,8 +1,12 @@
-"""The memory store: everything the daemon remembers, in one SQLite file.
+"""The memory store: everything the daemon remembers, in SQLite or PostgreSQL.
 
 Feed state, seen entries, deals, estimates (with each pricer's part), opportunities, the
 alert outbox with every send attempt, and cycle runs; the schema lives in
-`deals.memory.migrations`.
+`deals.memory.migrations`. `Store(path)` opens a SQLite file (the default, under
+DEALS_HOME); `Store("postgresql://user@host/db")` a PostgreSQL database (psycopg 3), with
+the same schema, the same migrations and the same SQL: the differences between the two
+engines live in `deals.memory.dialect`. Several daemons may share one store: they claim
+their work (`deals.memory.claims`, mixed in here).
 
 Alerts are claimed atomically (`claim_alert`: queued -> sending only if still queued), so
 two processes can never both send one alert; every hand-over to the provider is a row in
@@ -10,15 +14,17 @@ two processes can never both send one alert; every hand-over to the provider is 
 per opportunity, so a duplicate can never be invisible.
 
 A database that cannot be read or written (corrupt pages, a read-only file or folder, a
-full disk) raises `StoreError` naming the file and what to do, never a raw sqlite3 error.
+full disk, a PostgreSQL server that is down or refuses the login) raises `StoreError`
+naming the file or the URL (its password hidden) and what to do, never a raw driver error.
+On PostgreSQL a connection lost between calls is opened again on the next call.
 
 SQLite runs in WAL mode (readers such as `deals history` never block the daemon) with a
 `busy_timeout` and foreign keys on. Concurrency: ONE connection per `Store`, guarded by a
 re-entrant lock, so a `Store` may be shared by a small thread pool; every method holds
 the lock for its duration and `transaction()` holds it until the block ends. Every write
-is a `BEGIN IMMEDIATE` transaction (a method alone, or a `with store.transaction():`
-block grouping several calls, which nest). Other processes use their own `Store`; the
-busy timeout lets them wait for each other.
+is a write transaction (`BEGIN IMMEDIATE` on SQLite, `BEGIN` on PostgreSQL; a method
+alone, or a `with store.transaction():` block grouping several calls, which nest). Other
+processes use their own `Store`; the busy timeout lets them wait for each other.
 
 Datetimes are stored as ISO-8601 UTC text; naive datetimes are taken to be UTC.
 """
@@ -26,8 +32,11 @@ Datetimes are stored as ISO-8601 UTC text; naive datetimes are taken to be UTC.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,21 +49,65 @@ from pydantic import BaseModel, Field
 from deals.framework import paths
 from deals.framework.errors import DealsError
 from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity, Quantile, utcnow
+from deals.framework.dburl import is_postgresql, password_of, redact, sqlite_path
+from deals.memory.claims import Claims
+from deals.memory.dialect import POSTGRESQL, SQLITE, Dialect, PgConnection
 from deals.memory.history import EntriesMixin
 from deals.memory.migrations import apply_migrations
 from deals.memory.views import ViewsMixin
 from deals.memory.watches import WatchesMixin
 
 ALERT_STATES = ("queued", "sending", "sent", "failed", "skipped")
+log = logging.getLogger("deals.memory.store")
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 
+
+
+def _enable_wal(db: sqlite3.Connection, wait_s: float) -> None:
+    """Switch the file to WAL. SQLite answers "database is locked" at once, without its busy
+    handler, while another connection is switching it too (several daemons starting together),
+    so wait here as busy_timeout would."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 class StoreError(DealsError):
     """The memory store was misused (closed, an unknown row) or its file cannot be used."""
 
 
-def explain(path: Path | str, exc: sqlite3.Error) -> str:
+def explain_postgresql(url: str, exc: BaseException) -> str:
+    """What went wrong with a PostgreSQL store, and what to do; the URL's password never shown."""
+    text = " ".join(str(exc).split())
+    secret = password_of(url)
+    if secret:
+        text = text.replace(secret, "***")
+    where = redact(url)
+    lowered = text.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered or "authentication failed" in lowered:
+        return f"{where}: PostgreSQL refused the login ({text}); check the user, and the password in PGPASSWORD or DEALS_STORE__URL"
+    if "does not exist" in lowered and "database" in lowered:
+        return f"{where}: {text}; create it first (createdb), or fix store.url"
+    if "connection refused" in lowered or "could not connect" in lowered or "timeout" in lowered or "connection failed" in lowered:
+        return f"{where}: cannot reach PostgreSQL ({text}); is the server running and store.url right?"
+    if "read-only" in lowered or "permission denied" in lowered:
+        return f"{where}: the memory store cannot be written ({text}); grant this user write access"
+    if "no space left" in lowered or "disk full" in lowered:
+        return f"{where}: the server's disk is full ({text}); nothing was lost, free some space"
+    if "terminat" in lowered or "server closed the connection" in lowered or "connection is lost" in lowered or "closed" in lowered:
+        return f"{where}: the connection to PostgreSQL was lost ({text}); it is opened again on the next call"
+    return f"{where}: memory store error: {text}"
+
+
+def explain(path: Path | str, exc: BaseException) -> str:
     """What went wrong with the database file, and what to do: never 'delete it' for a permission problem."""
+    if is_postgresql(str(path)):
+        return explain_postgresql(str(path), exc)
     text = str(exc)
     lowered = text.lower()
     if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered or "permission" in lowered:
@@ -143,6 +196,34 @@ def from_text(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def upsert(table: str, columns: Sequence[str], *, key: Sequence[str]) -> str:
+    """`INSERT INTO table (columns) VALUES (?, ...) ON CONFLICT (key) DO UPDATE SET` every other column:
+    the portable form of `INSERT OR REPLACE` (the row keeps its identity; SQLite and PostgreSQL alike)."""
+    updates = ", ".join(f"{column} = excluded.{column}" for column in columns if column not in key)
+    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    marks = ", ".join("?" * len(columns))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT ({', '.join(key)}) {action}"
+
+
+def unpriced_conditions(since: datetime | None, max_attempts: int | None) -> tuple[str, list[Any]]:
+    """The optional conditions on deals `d` of `unpriced_deals` and `claim_unpriced_deals`: SQL and parameters.
+
+    Each is in the SQL only when it applies (never `? IS NULL`, which PostgreSQL cannot type)."""
+    where, params = "", []
+    if since is not None:
+        where += " AND d.created_at >= ?"
+        params.append(to_text(since))
+    if max_attempts is not None:
+        where += " AND d.pricing_attempts < ?"
+        params.append(max_attempts)
+    return where, params
+
+
+_STATE_COUNTS = ", ".join(
+    f"(SELECT COUNT(*) FROM alerts a WHERE a.opportunity_id = o.id AND a.state = '{state}') AS n_{state}" for state in ALERT_STATES
+)
+
+
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -151,12 +232,12 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 # --------------------------------------------------------------------------- store
 
 
-class Store(EntriesMixin, WatchesMixin, ViewsMixin):
-    """The SQLite memory store (see the module docstring for threading and transactions).
+class Store(Claims, EntriesMixin, WatchesMixin, ViewsMixin):
+    """The memory store on SQLite or PostgreSQL (see the module docstring for threading and transactions).
 
-    Entries and price history (`deals.memory.history`), watches, routes and feed controls
-    (`deals.memory.watches`) and the dashboard's read model (`deals.memory.views`) are
-    mixed in from their own modules.
+    Claims of several daemons (`deals.memory.claims`), entries and price history
+    (`deals.memory.history`), watches, routes and feed controls (`deals.memory.watches`)
+    and the dashboard's read model (`deals.memory.views`) are mixed in from their own modules.
     """
 
     def __init__(
@@ -165,41 +246,93 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
         *,
         clock: Callable[[], datetime] = utcnow,
         busy_timeout_s: float = 10.0,
+        worker_timeout_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
     ) -> None:
-        self.path = Path(path) if str(path) != ":memory:" else Path(":memory:")
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self._lock = threading.RLock()
         self._depth = 0
-        self._db: sqlite3.Connection | None = None
+        self._db: Any = None
+        self._closed = False
+        self._connect_timeout_s = connect_timeout_s
+        self._claims_init(worker_timeout_s)
+        if is_postgresql(str(path)):
+            self.url: str | None = str(path)
+            self.path: Path | str = redact(self.url)
+            self.dialect: Dialect = POSTGRESQL
+            self._db = self._connect_postgresql(migrate=True)
+            return
+        self.url = None
+        self.dialect = SQLITE
         try:
-            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
+            target = sqlite_path(path)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        self.path = Path(target)
+        if str(target) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(str(target), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
         except sqlite3.Error as exc:
-            raise StoreError(explain(path, exc)) from None
+            raise StoreError(explain(self.path, exc)) from None
         try:
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(db, busy_timeout_s)
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
             apply_migrations(db)
         except sqlite3.Error as exc:
             db.close()
-            raise StoreError(explain(path, exc)) from None
+            raise StoreError(explain(self.path, exc)) from None
         self._db = db
 
+    def _connect_postgresql(self, *, migrate: bool) -> PgConnection:
+        import psycopg
+
+        assert self.url is not None
+        try:
+            db = PgConnection(self.url, connect_timeout_s=self._connect_timeout_s, application_name=f"deals pid {os.getpid()}")
+        except psycopg.Error as exc:
+            raise StoreError(explain_postgresql(self.url, exc)) from None
+        if migrate:
+            try:
+                apply_migrations(db)
+            except psycopg.Error as exc:
+                db.close()
+                raise StoreError(explain_postgresql(self.url, exc)) from None
+        return db
+
     @classmethod
-    def open_default(cls, **kwargs: Any) -> Store:
-        """The store at `$DEALS_HOME/deals.db`."""
-        return cls(paths.database_path(), **kwargs)
+    def open_default(cls, settings: Any = None, **kwargs: Any) -> Store:
+        """The configured store: `store.url` (PostgreSQL, or a SQLite URL), else `$DEALS_HOME/deals.db`.
+
+        `settings` is the `Settings` (or its `store` section); None reads them as the CLI does.
+        """
+        if settings is None:
+            from deals.framework.settings import load_settings
+
+            settings = load_settings()
+        config = getattr(settings, "store", settings)
+        kwargs.setdefault("worker_timeout_s", config.worker_timeout_s)
+        return cls(config.url or paths.database_path(), **kwargs)
+
+    @property
+    def engine(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self.dialect.name
 
     # ---------------------------------------------------------------- plumbing
 
     @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
+    def db(self) -> Any:
+        """The connection: a `sqlite3.Connection`, or a `PgConnection` taking the same SQL."""
+        if self._db is None or self._closed:
             raise StoreError(f"the memory store {self.path} is closed")
+        if self.url is not None and self._depth == 0 and self._db.broken:
+            with self._lock:  # the server restarted or the network dropped: open again
+                if self._db.broken:
+                    self._db = self._connect_postgresql(migrate=False)
         return self._db
 
     @contextmanager
@@ -209,7 +342,7 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
             db = self.db
             with self._errors():
                 if self._depth == 0:
-                    db.execute("BEGIN IMMEDIATE")
+                    db.execute(self.dialect.begin)
             self._depth += 1
             try:
                 with self._errors():
@@ -219,7 +352,7 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
                 if self._depth == 0:
                     try:
                         db.execute("ROLLBACK")
-                    except sqlite3.Error:  # the transaction may already be gone (disk I/O error)
+                    except Exception:  # noqa: BLE001 - the transaction may already be gone (disk I/O error, lost connection)
                         pass
                 raise
             else:
@@ -230,19 +363,19 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        """sqlite3 errors about the file become a StoreError naming it (programming errors stay as they are)."""
+        """Driver errors about the database become a StoreError naming it (programming errors stay as they are)."""
         try:
             yield
-        except (sqlite3.DatabaseError, sqlite3.OperationalError) as exc:
-            if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+        except self.dialect.error_types() as exc:
+            if isinstance(exc, self.dialect.passthrough_types()):
                 raise
-            raise StoreError(explain(self.path, exc)) from exc
+            raise StoreError(explain(self.url or self.path, exc)) from None if self.url else exc
 
-    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock, self._errors():
             return self.db.execute(sql, params).fetchall()
 
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._lock, self._errors():
             return self.db.execute(sql, params).fetchone()
 
@@ -250,14 +383,31 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
         return to_text(at or self.clock())  # type: ignore[return-value]
 
     def pragma(self, name: str) -> Any:
-        """The value of a PRAGMA (journal_mode, foreign_keys, busy_timeout...)."""
+        """The value of a SQLite PRAGMA (journal_mode, foreign_keys, busy_timeout...); None on PostgreSQL."""
+        if self.dialect.is_postgresql:
+            return None
         row = self._one(f"PRAGMA {name}")
         return row[0] if row else None
 
+    def tables(self) -> list[str]:
+        """The names of the store's tables."""
+        with self._lock, self._errors():
+            return self.dialect.tables(self.db)
+
     def close(self) -> None:
+        """Leave as a worker (its claims return to the pool) and close the connection; twice is fine."""
         with self._lock:
-            if self._db is not None:
+            if self._db is None or self._closed:
+                return
+            try:
+                if self._worker_id is not None:
+                    self.unregister_worker()
+            except Exception as exc:  # noqa: BLE001 - closing must not fail; a dead worker is reaped later
+                log.warning("could not unregister from the store: %s", exc)
+            self._closed = True
+            try:
                 self._db.close()
+            finally:
                 self._db = None
 
     def __enter__(self) -> Store:
@@ -267,12 +417,12 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
         self.close()
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
+        return f"Store({str(self.path)!r})"  # a PostgreSQL URL without its password
 
     # ---------------------------------------------------------------- feeds
 
     @staticmethod
-    def _feed(row: sqlite3.Row) -> FeedState:
+    def _feed(row: Any) -> FeedState:
         return FeedState(
             url=row["url"],
             etag=row["etag"],
@@ -329,7 +479,7 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
         now = self._now()
         with self.transaction() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO seen_entries (key, feed_url, first_seen) VALUES (?, ?, ?)",
+                "INSERT INTO seen_entries (key, feed_url, first_seen) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(entry.key, entry.feed_url, now) for entry in entries],
             )
 
@@ -346,23 +496,26 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
             )
 
     @staticmethod
-    def _deal(row: sqlite3.Row) -> Deal:
+    def _deal(row: Any) -> Deal:
         return Deal(entry_key=row["entry_key"], product_description=row["description"], price=row["price"], url=row["url"])
 
     def get_deal(self, key: str) -> Deal | None:
         row = self._one("SELECT * FROM deals WHERE entry_key = ?", (key,))
         return self._deal(row) if row else None
 
-    def unpriced_deals(self, limit: int, *, max_attempts: int | None = None) -> list[Deal]:
+    def unpriced_deals(self, limit: int, *, since: datetime | None = None, max_attempts: int | None = None) -> list[Deal]:
         """Stored deals without an estimate, oldest first (so a crash between scan and price loses nothing).
 
-        With `max_attempts`, deals whose pricing already failed that often are left out (given up).
+        With `since`, only deals stored since then (a range of the created_at index, so the
+        cost follows the recent deals, not the whole history); with `max_attempts`, deals
+        whose pricing already failed that often are left out (given up).
         """
+        where, params = unpriced_conditions(since, max_attempts)
         rows = self._all(
-            """SELECT d.* FROM deals d LEFT JOIN estimates e ON e.deal_key = d.entry_key
-               WHERE e.deal_key IS NULL AND (? IS NULL OR d.pricing_attempts < ?)
-               ORDER BY d.created_at, d.rowid LIMIT ?""",
-            (max_attempts, max_attempts, limit),
+            f"""SELECT d.* FROM deals d LEFT JOIN estimates e ON e.deal_key = d.entry_key
+                WHERE e.deal_key IS NULL {where}
+                ORDER BY d.created_at, d.entry_key LIMIT ?""",
+            (*params, limit),
         )
         return [self._deal(row) for row in rows]
 
@@ -384,10 +537,12 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
             if not db.execute("SELECT 1 FROM deals WHERE entry_key = ?", (deal_key,)).fetchone():
                 raise StoreError(f"save_estimate: no deal {deal_key!r} is stored; save_deal() first")
             db.execute(
-                """INSERT OR REPLACE INTO estimates (deal_key, pricer, price, parts, note, neighbours, excluded, tokens_in,
-                                                     tokens_out, cost_usd, created_at, low, high, interval_level,
-                                                     quantiles, alert_below, decision)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                upsert(
+                    "estimates",
+                    ("deal_key", "pricer", "price", "parts", "note", "neighbours", "excluded", "tokens_in", "tokens_out",
+                     "cost_usd", "created_at", "low", "high", "interval_level", "quantiles", "alert_below", "decision"),
+                    key=("deal_key",),
+                ),  # fmt: skip
                 (
                     deal_key,
                     estimate.pricer,
@@ -408,9 +563,10 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
                     decision,
                 ),
             )
+            db.execute("DELETE FROM claims WHERE kind = 'price' AND key = ?", (deal_key,))  # priced: nobody's work any more
 
     @staticmethod
-    def _estimate(row: sqlite3.Row) -> Estimate:
+    def _estimate(row: Any) -> Estimate:
         return Estimate(
             price=row["price"],
             pricer=row["pricer"],
@@ -451,7 +607,7 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
             )
             return int(db.execute("SELECT id FROM opportunities WHERE deal_key = ?", (key,)).fetchone()[0])
 
-    def _opportunity(self, row: sqlite3.Row) -> Opportunity:
+    def _opportunity(self, row: Any) -> Opportunity:
         deal = self.get_deal(row["deal_key"])
         assert deal is not None  # foreign key
         estimate = self.get_estimate(row["deal_key"]) or Estimate(price=row["estimate"], pricer="unknown")
@@ -485,8 +641,7 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
     def history(self, limit: int = 20) -> list[HistoryRow]:
         """The most recent opportunities, newest first, with their alert states."""
         rows = self._all(
-            """SELECT o.*, d.description, d.url, e.pricer, e.low, e.high, e.parts,
-                      (SELECT group_concat(a.state) FROM alerts a WHERE a.opportunity_id = o.id) AS states,
+            f"""SELECT o.*, d.description, d.url, e.pricer, e.low, e.high, e.parts, {_STATE_COUNTS},
                       (SELECT COUNT(*) FROM sends s JOIN alerts a ON a.id = s.alert_id
                        WHERE a.opportunity_id = o.id AND s.outcome = 'sent') AS sms,
                       (SELECT COUNT(*) FROM sends s JOIN alerts a ON a.id = s.alert_id
@@ -498,7 +653,7 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
         )
         out = []
         for row in rows:
-            counts = Counter((row["states"] or "").split(",")) if row["states"] else Counter()
+            counts = Counter({state: row[f"n_{state}"] for state in ALERT_STATES if row[f"n_{state}"]})
             summary = ", ".join(f"{state} {counts[state]}" for state in ALERT_STATES if counts[state]) or "none"
             if row["sms"] > counts["sent"]:
                 summary += f" ({row['sms']} SMS!)"  # the provider took more messages than alerts were sent
@@ -543,7 +698,7 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
             return int(row[0])
 
     @staticmethod
-    def _alert(row: sqlite3.Row) -> AlertRow:
+    def _alert(row: Any) -> AlertRow:
         return AlertRow(
             id=row["id"],
             opportunity_id=row["opportunity_id"],
@@ -597,14 +752,16 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
         self._check_states([state] + ([expect] if expect else []))
         now = self._now(at)
         counted = int(state == "sending" if count_attempt is None else count_attempt)
+        only = " AND state = ?" if expect is not None else ""
         with self.transaction() as db:
             cursor = db.execute(
-                """UPDATE alerts SET state = ?, updated_at = ?, attempts = attempts + ?,
-                          provider_id = COALESCE(?, provider_id), last_error = COALESCE(?, last_error),
-                          sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END
-                   WHERE id = ? AND (? IS NULL OR state = ?)""",
-                (state, now, counted, provider_id, error[:1000] if error else None, state, now, alert_id, expect, expect),
-            )
+                f"""UPDATE alerts SET state = ?, updated_at = ?, attempts = attempts + ?,
+                           provider_id = COALESCE(?, provider_id), last_error = COALESCE(?, last_error),
+                           sent_at = COALESCE(?, sent_at)
+                    WHERE id = ?{only}""",
+                (state, now, counted, provider_id, error[:1000] if error else None, now if state == "sent" else None,
+                 alert_id, *([expect] if expect is not None else [])),
+            )  # fmt: skip
             if cursor.rowcount == 0:
                 if expect is not None and db.execute("SELECT 1 FROM alerts WHERE id = ?", (alert_id,)).fetchone():
                     return False
@@ -612,27 +769,34 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
             return True
 
     def claim_alert(self, alert_id: int, *, at: datetime | None = None) -> bool:
-        """Move a queued alert to 'sending' (one attempt counted) if it is still queued.
+        """Move a queued alert to 'sending' (one attempt counted) if it is still queued, and claim it.
 
-        Atomic: of two processes claiming one alert, exactly one gets True.
+        Atomic: of two processes claiming one alert, exactly one gets True. The winner holds
+        the alert's `send` claim until `release_claims("send", [alert_id])`; meanwhile no
+        other worker reconciles it (see `deals.memory.claims`).
         """
+        self.worker_id  # noqa: B018 - register before the transaction
+        self.reap_workers()
         with self.transaction() as db:
+            if not self._insert_claims(db, "send", [str(alert_id)]):
+                return False  # another worker is reconciling or sending it
             cursor = db.execute(
                 "UPDATE alerts SET state = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'queued'",
                 (self._now(at), alert_id),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                db.execute("DELETE FROM claims WHERE kind = 'send' AND key = ?", (str(alert_id),))
+                return False
+            return True
 
     def begin_send(self, alert_id: int, *, at: datetime | None = None) -> int:
         """Record that an alert is being handed to the provider now; returns the attempt's id."""
-        import os
-
         with self.transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO sends (alert_id, started_at, outcome, pid) VALUES (?, ?, 'pending', ?)",
+            row = db.execute(
+                "INSERT INTO sends (alert_id, started_at, outcome, pid) VALUES (?, ?, 'pending', ?) RETURNING id",
                 (alert_id, self._now(at), os.getpid()),
-            )
-            return int(cursor.lastrowid)  # type: ignore[arg-type]
+            ).fetchone()
+            return int(row[0])
 
     def end_send(
         self, send_id: int, outcome: str, *, provider_id: str | None = None, error: str | None = None, at: datetime | None = None
@@ -680,9 +844,13 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
     # ---------------------------------------------------------------- runs
 
     def start_run(self) -> int:
+        """Record a cycle starting now, by this worker; its id."""
+        worker = self.worker_id
         with self.transaction() as db:
-            cursor = db.execute("INSERT INTO runs (started_at, status) VALUES (?, 'running')", (self._now(),))
-            return int(cursor.lastrowid)  # type: ignore[arg-type]
+            row = db.execute(
+                "INSERT INTO runs (started_at, status, worker_id) VALUES (?, 'running', ?) RETURNING id", (self._now(), worker)
+            ).fetchone()
+            return int(row[0])
 
     def finish_run(self, run_id: int, status: str, stats: dict[str, Any]) -> None:
         with self.transaction() as db:
@@ -696,11 +864,19 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
     def interrupt_unfinished_runs(self) -> int:
         """Close runs left 'running' by a process that died (SIGKILL, power cut) as 'interrupted'.
 
-        Call only while holding the store's daemon lock (deals.memory.lock): then no run is
-        really in progress. Returns how many were closed.
+        Dead workers are looked for first (`reap_workers`); then the runs of workers that
+        are gone, this store's own and those recorded by no worker are closed, while the
+        runs of live daemons are left alone. Returns how many were closed.
         """
+        self.reap_workers(force=True)
+        me = self._worker_id if self._worker_id is not None else -1
         with self.transaction() as db:
-            cursor = db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'", (self._now(),))
+            cursor = db.execute(
+                """UPDATE runs SET status = 'interrupted', finished_at = ?
+                   WHERE status = 'running'
+                     AND (worker_id IS NULL OR worker_id = ? OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = runs.worker_id))""",
+                (self._now(), me),
+            )
             return int(cursor.rowcount)
 
     def recent_runs(self, limit: int = 10) -> list[RunRow]:
@@ -735,13 +911,13 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
     ) -> int:
         """Record one LLM call (paid or failed); returns its id."""
         with self.transaction() as db:
-            cursor = db.execute(
+            row = db.execute(
                 """INSERT INTO llm_calls (at, agent, provider, model, tokens_in, tokens_out, cost_usd, ok, error)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
                 (self._now(at), agent, provider, model, int(tokens_in), int(tokens_out), float(cost_usd), int(ok),
                  error[:500] if error else None),
-            )  # fmt: skip
-            return int(cursor.lastrowid)  # type: ignore[arg-type]
+            ).fetchone()  # fmt: skip
+            return int(row[0])
 
     def cached_estimate(self, key: str) -> float | None:
         """The cached price under `key`, or None."""
@@ -752,8 +928,7 @@ class Store(EntriesMixin, WatchesMixin, ViewsMixin):
         """Remember a price under `key` (an existing entry is replaced)."""
         with self.transaction() as db:
             db.execute(
-                """INSERT OR REPLACE INTO estimates_cache (key, model, prompt_version, price, created_at)
-                   VALUES (?, ?, ?, ?, ?)""",
+                upsert("estimates_cache", ("key", "model", "prompt_version", "price", "created_at"), key=("key",)),
                 (key, model, prompt_version, float(price), self._now()),
             )
 

@@ -1,6 +1,6 @@
 """The store's part of watchlists and feeds that the CLI and the dashboard edit at run time.
 
-    store.add_watch(number, WatchRule(...)) -> id      a watch (migration m010, table `watches`)
+    store.add_watch(number, WatchRule(...)) -> id      a watch (migration m011, table `watches`)
     store.remove_watch(id) -> bool
     store.stored_watches()                             every stored watch, by id
     store.set_recipient(number, daily_cap=, quiet_start=, quiet_end=)

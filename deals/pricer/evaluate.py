@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 
 COLOURS: dict[str, str] = {"hit": "#2ca02c", "near": "#ff8c00", "miss": "#d62728"}
 CURVE_CONFIDENCES: tuple[float, ...] = (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
-LOW_CONFIDENCE_RATIO = 4.0  # an interval wider than this factor (high / low) flags the item
+LOW_CONFIDENCE_RATIO = 12.0  # an 80% interval wider than this factor (high / low) flags the item: ~10% of new in-domain products
 
 
 class ItemResult(BaseModel):
@@ -140,7 +140,7 @@ class EvaluationReport(BaseModel):
     alert_curve: list[CurvePoint] = Field(default_factory=list, description="alert quality as the confidence varies")
     interval_level: float | None = Field(None, description="the coverage the intervals claim")
     interval_coverage: float | None = Field(None, description="share of items whose true price lay in [low, high]")
-    low_confidence: int = Field(0, description="items whose interval spans more than a factor of 4 (high / low)")
+    low_confidence: int = Field(0, description="items whose interval spans more than a factor of LOW_CONFIDENCE_RATIO (high / low)")
     data_file: str | None = Field(None, description="where the items came from")
     settings: EvaluationSettings = Field(default_factory=EvaluationSettings)
     created_at: datetime = Field(default_factory=utcnow)

@@ -64,16 +64,6 @@ DEAL_PRICE_SHARES: dict[str, float] = {
 }  # fmt: skip
 TREE_PARAMS: dict[str, Any] = {"max_iter": 300, "learning_rate": 0.05, "min_samples_leaf": 40}
 DUPLICATE_SIMILARITY = 0.95
-SHORT_TEXT_CHARS = 200  # texts shorter than this (a title, a one-line deal) are recalibrated apart
-TITLE_WEIGHT = 0.5  # weight of a product's title-only row beside its full-text row
-_LENGTH_COLUMN = FEATURE_NAMES.index("log_length")
-
-
-def length_band(X: np.ndarray, bands: int = 2) -> np.ndarray:
-    """0 for short texts, 1 for the rest (by the `log_length` feature); all 0 with one band."""
-    if bands == 1:
-        return np.zeros(len(X), dtype=int)
-    return (np.expm1(X[:, _LENGTH_COLUMN]) >= SHORT_TEXT_CHARS).astype(int)
 
 
 # --------------------------------------------------------------------------- the model
@@ -81,11 +71,7 @@ def length_band(X: np.ndarray, bands: int = 2) -> np.ndarray:
 
 @dataclass
 class LocalModel:
-    """Quantile trees over `FEATURE_NAMES`, one per level, plus the recalibration shifts.
-
-    `shifts` has one row per text-length band (`SHORT_TEXT_CHARS`: short, then long): a
-    title alone says less than a full description, and is recalibrated on its own.
-    """
+    """Quantile trees over `FEATURE_NAMES`, one per level, plus the recalibration shifts."""
 
     levels: tuple[float, ...]
     forests: list[Forest]
@@ -94,9 +80,7 @@ class LocalModel:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Log-price quantiles, one row per item, one column per level, non-decreasing."""
-        raw = np.column_stack([forest.predict(X) for forest in self.forests])
-        shifts = np.atleast_2d(self.shifts)
-        raw += shifts[length_band(X, len(shifts))]
+        raw = np.column_stack([forest.predict(X) for forest in self.forests]) + self.shifts[None, :]
         return np.sort(raw, axis=1)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -214,42 +198,26 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> flo
 
 
 def out_of_fold_features(
-    catalogue: Sequence[Product],
-    vectors: np.ndarray,
-    *,
-    fingerprint: str,
-    fold: np.ndarray,
-    title_vectors: np.ndarray | None = None,
-    progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features of every catalogue product made without its own fold (see the module docstring).
-
-    With `title_vectors` (the MiniLM vectors of the products' titles) also the features of
-    each product described by its title alone, against the same out-of-fold catalogue
-    and ridge: how the members do on a one-line deal.
-    """
+    catalogue: Sequence[Product], vectors: np.ndarray, *, fingerprint: str, fold: np.ndarray, progress: bool = True
+) -> np.ndarray:
+    """Features of every catalogue product made without its own fold (see the module docstring)."""
     from deals.pricer.ridge import RidgeModel
 
     texts = [p.text for p in catalogue]
-    titles = [p.title for p in catalogue]
     prices = np.array([p.price for p in catalogue])
     folds = int(fold.max()) + 1
     X = np.full((len(catalogue), len(FEATURE_NAMES)), np.nan)
-    XT = None if title_vectors is None else np.full_like(X, np.nan)
     with _progress(progress) as bar:
         task = bar.add_task("member features out of fold", total=folds)
         for k in range(folds):
             test = np.flatnonzero(fold == k)
             train = np.flatnonzero(fold != k)
+            sims, index = exact_neighbours(vectors[test], vectors[train], K_NEIGHBOURS)
             ridge = RidgeModel.fit([texts[i] for i in train], prices[train], vectors[train], fingerprint=fingerprint)
-            for rows, queries, out in ((texts, vectors, X), (titles, title_vectors, XT)):
-                if queries is None or out is None:
-                    continue
-                sims, index = exact_neighbours(queries[test], vectors[train], K_NEIGHBOURS)
-                ridge_log = ridge.predict_log([rows[i] for i in test], queries[test])
-                out[test] = member_features([rows[i] for i in test], sims, prices[train][index], ridge_log)
+            ridge_log = ridge.predict_log([texts[i] for i in test], vectors[test])
+            X[test] = member_features([texts[i] for i in test], sims, prices[train][index], ridge_log)
             bar.advance(task)
-    return X, XT
+    return X
 
 
 def _quantile_forests(X: np.ndarray, y: np.ndarray, weights: np.ndarray, seed: int) -> list[Forest]:
@@ -269,7 +237,6 @@ def fit_local_model(
     *,
     fingerprint: str,
     recalibrate_on: np.ndarray,
-    title_vectors: np.ndarray | None = None,
     validation: Sequence[Product] = (),
     validation_vectors: np.ndarray | None = None,
     folds: int = 5,
@@ -281,11 +248,8 @@ def fit_local_model(
     `recalibrate_on`: a boolean mask of the catalogue products that stand for new ones
     (no near-copy in the catalogue). Their quantiles are predicted out of fold (trees
     fitted without their fold, on features made without it) and each level is shifted
-    to cover its share of them, deal-weighted, separately for short and long texts.
-    `title_vectors`: the vectors of the products' titles; each product then also trains
-    and recalibrates as its title alone (weight `TITLE_WEIGHT`), so that a one-line deal
-    gets an honest, wider interval. `validation` (held out, optional) is only scored:
-    its coverage per level goes into the model's metadata.
+    to cover its share of them, deal-weighted. `validation` (held out, optional) is only
+    scored: its coverage per level goes into the model's metadata.
     """
     if len(catalogue) != len(vectors):
         raise ValueError("one vector per product is needed")
@@ -294,13 +258,10 @@ def fit_local_model(
         raise ValueError(f"recalibration needs at least 50 products marked in recalibrate_on, got {int(mask.sum())}")
     prices = np.array([p.price for p in catalogue])
     fold = group_folds(duplicate_groups(vectors), folds, seed)
-    X, XT = out_of_fold_features(catalogue, vectors, fingerprint=fingerprint, fold=fold, title_vectors=title_vectors, progress=progress)
-    weights = deal_prior_weights(prices)
-    if XT is not None:  # every product twice: described in full, and by its title alone
-        X, fold, mask = np.vstack([X, XT]), np.concatenate([fold, fold]), np.concatenate([mask, mask])
-        prices, weights = np.concatenate([prices, prices]), np.concatenate([weights, TITLE_WEIGHT * weights])
+    X = out_of_fold_features(catalogue, vectors, fingerprint=fingerprint, fold=fold, progress=progress)
     y = np.log(prices)
-    raw = np.full((len(X), len(QUANTILE_LEVELS)), np.nan)
+    weights = deal_prior_weights(prices)
+    raw = np.full((len(catalogue), len(QUANTILE_LEVELS)), np.nan)
     with _progress(progress) as bar:
         task = bar.add_task("quantile trees (out of fold, then all)", total=folds + 1)
         for k in range(folds):
@@ -312,50 +273,40 @@ def fit_local_model(
             bar.advance(task)
         forests = _quantile_forests(X, y, weights, seed)
         bar.advance(task)
-    band = length_band(X)
-    shifts = np.zeros((2, len(QUANTILE_LEVELS)))
-    counts = []
-    for b in (0, 1):
-        rows = mask & (band == b)
-        if rows.sum() < 50:  # too few texts of this length to calibrate on their own: use all
-            rows = mask
-        counts.append(int(rows.sum()))
-        cal_weights = deal_prior_weights(prices[rows])
-        residual = y[rows][:, None] - raw[rows]
-        shifts[b] = [_weighted_quantile(residual[:, j], cal_weights, level) for j, level in enumerate(QUANTILE_LEVELS)]
+    cal_prices = prices[mask]
+    cal_weights = deal_prior_weights(cal_prices)
+    residual = y[mask][:, None] - raw[mask]
+    shifts = np.array([_weighted_quantile(residual[:, j], cal_weights, level) for j, level in enumerate(QUANTILE_LEVELS)])
     model = LocalModel(levels=QUANTILE_LEVELS, forests=forests, shifts=shifts)
     model.meta = {
         "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": fingerprint,
         "catalogue_products": len(catalogue),
         "catalogue_sha256": catalogue_digest(catalogue),
-        "title_rows": XT is not None,
-        "recalibrated_on": {"short": counts[0], "long": counts[1]},
-        "short_text_chars": SHORT_TEXT_CHARS,
+        "recalibrated_on": int(mask.sum()),
         "folds": folds,
         "seed": seed,
         "tree_params": TREE_PARAMS,
         "deal_price_shares": DEAL_PRICE_SHARES,
-        "shifts": {"short": [round(float(v), 4) for v in shifts[0]], "long": [round(float(v), 4) for v in shifts[1]]},
+        "shifts": [round(float(v), 4) for v in shifts],
     }
     if len(validation):
         if validation_vectors is None or len(validation_vectors) != len(validation):
             raise ValueError("one vector per validation product is needed")
         from deals.pricer.ridge import RidgeModel
 
-        cat_prices = np.array([p.price for p in catalogue])
-        ridge = RidgeModel.fit([p.text for p in catalogue], cat_prices, vectors, fingerprint=fingerprint)
+        ridge = RidgeModel.fit([p.text for p in catalogue], prices, vectors, fingerprint=fingerprint)
         val_prices = np.array([p.price for p in validation])
         val_texts = [p.text for p in validation]
         sims, index = exact_neighbours(validation_vectors, vectors, K_NEIGHBOURS)
-        quantiles = model.predict(member_features(val_texts, sims, cat_prices[index], ridge.predict_log(val_texts, validation_vectors)))
+        quantiles = model.predict(member_features(val_texts, sims, prices[index], ridge.predict_log(val_texts, validation_vectors)))
         val_weights = deal_prior_weights(val_prices)
         model.meta["validation_products"] = len(validation)
         model.meta["validation_coverage"] = {
             f"{level:g}": round(float(val_weights @ (np.log(val_prices) <= quantiles[:, j]) / val_weights.sum()), 4)
             for j, level in enumerate(QUANTILE_LEVELS)
         }
-    log.info("local model fitted on %d catalogue products (shifts %s)", len(catalogue), model.meta["shifts"])
+    log.info("local model fitted on %d catalogue products, recalibrated on %d (shifts %s)", len(catalogue), int(mask.sum()), model.meta["shifts"])
     return model
 
 

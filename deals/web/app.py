@@ -136,7 +136,7 @@ def _optional_float(form: Any, name: str, *, percent: bool = False) -> float | N
 class Dashboard:
     """The routes, bound to one store and one set of settings."""
 
-    def __init__(self, settings: Settings, store_path: Path | None, guard: Guard) -> None:
+    def __init__(self, settings: Settings, store_path: Path | str | None, guard: Guard) -> None:
         self.settings = settings
         self.store_path = store_path
         self.guard = guard
@@ -146,7 +146,8 @@ class Dashboard:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(self.store_path) if self.store_path else Store.open_default()
+            # store.url (PostgreSQL, or a SQLite URL) when set, else deals.db under DEALS_HOME
+            self._store = Store(self.store_path) if self.store_path else Store.open_default(self.settings)
         return self._store
 
     def close(self) -> None:
@@ -436,7 +437,7 @@ class GuardMiddleware(BaseHTTPMiddleware):
         return response
 
 
-def create_app(settings: Settings, *, token: str | None = None, bind_host: str | None = None, store_path: Path | None = None) -> Starlette:
+def create_app(settings: Settings, *, token: str | None = None, bind_host: str | None = None, store_path: Path | str | None = None) -> Starlette:
     """The dashboard as an ASGI app (see `deals.web.server` to serve it)."""
     guard = Guard(bind_host=bind_host or settings.dashboard.host, token=token, allowed_hosts=settings.dashboard.allowed_hosts)
     dash = Dashboard(settings, store_path, guard)

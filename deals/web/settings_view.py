@@ -27,6 +27,7 @@ SECRET_ENV = (
     "TWILIO_AUTH_TOKEN",
     "TWILIO_FROM_NUMBER",
     "DEALS_DASHBOARD_TOKEN",
+    "PGPASSWORD",  # the PostgreSQL store's password, when store.url does not carry it
 )
 _SECRET_NAME = re.compile(r"(token|secret|password|passwd|api_?key|auth|credential|sid)$", re.I)
 _PHONE = re.compile(r"^\+\d{6,16}$")

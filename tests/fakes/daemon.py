@@ -1,6 +1,8 @@
 """Test kit for the daemon tests (planner, orchestrator, end to end, crash, faults, soak).
 
     serve_feeds(server)                the real fixture feeds on a FeedServer, with ETags
+    deal_feed(feed, items)             a generated RSS feed of `items` single-product deals
+    finished(store, entries, recipients)  every entry read, deal priced and alert sent
     scanner_reply(request)             what a sensible LLM answers to the scanner's prompt
     TrippingTwilio                     the fake Twilio, able to stop at its Nth message and
                                        tell the test (which then kills the daemon)
@@ -21,13 +23,16 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tests.fakes.feed_server import FeedServer
 from tests.fakes.llm_server import Recorded
 from tests.fakes.twilio_server import FakeTwilio, RecordedRequest
+
+if TYPE_CHECKING:
+    from deals.memory.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 FEEDS = REPO / "tests" / "fixtures" / "feeds"
@@ -43,6 +48,31 @@ FEED_FILES = (
 def serve_feeds(server: FeedServer, files: tuple[str, ...] = FEED_FILES) -> list[str]:
     """Serve the fixture feeds (each with an ETag, so a second read is a 304); their URLs."""
     return [server.serve_file(f"/feeds/{name}", FEEDS / name, etag=f'"{name}-v1"') for name in files]
+
+
+def deal_feed(feed: int, items: int) -> bytes:
+    """An RSS feed of single-product deals ($19 .. $898), some cheap enough to alert and some not."""
+    entries = []
+    for item in range(items):
+        price = 19 + (feed * 37 + item * 53) % 880
+        link = f"https://shop.example/f{feed}/deal-{item}"
+        entries.append(
+            f"<item><title>Acme Gadget {feed}-{item} Pro for ${price}</title><link>{link}</link><guid>{link}</guid>"
+            f"<description>Acme Gadget {feed}-{item} Pro, brand new.</description></item>"
+        )
+    return f"<rss version='2.0'><channel><title>deals {feed}</title>{''.join(entries)}</channel></rss>".encode()
+
+
+def finished(store: Store, entries: int, *, recipients: int) -> bool:
+    """Every entry read, every deal priced, every opportunity's alert sent to each recipient (on a shared store)."""
+    db = store.db
+    seen = db.execute("SELECT COUNT(*) FROM seen_entries").fetchone()[0]
+    unpriced = db.execute(
+        "SELECT COUNT(*) FROM deals d WHERE NOT EXISTS (SELECT 1 FROM estimates e WHERE e.deal_key = d.entry_key)"
+    ).fetchone()[0]
+    opportunities = db.execute("SELECT COUNT(*) FROM opportunities").fetchone()[0]
+    sent = db.execute("SELECT COUNT(*) FROM alerts WHERE state = 'sent'").fetchone()[0]
+    return seen >= entries and unpriced == 0 and opportunities > 0 and sent == recipients * opportunities
 
 
 # --------------------------------------------------------------------------- a sensible LLM for the scanner
@@ -192,6 +222,8 @@ __all__ = [
     "TrippingTwilio",
     "clean_env",
     "copy_home",
+    "deal_feed",
+    "finished",
     "scanner_reply",
     "seeded_home_template",
     "serve_feeds",

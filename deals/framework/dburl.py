@@ -1,0 +1,78 @@
+"""Store URLs: which engine a `store.url` names, the SQLite file, and the password hidden.
+
+    postgresql://user@host:5432/deals     PostgreSQL (also postgres://); the password from the
+                                          URL, PGPASSWORD or ~/.pgpass, as libpq reads them
+    sqlite:///relative/deals.db           a SQLite file (sqlite:////absolute/deals.db)
+    /path/to/deals.db                     a SQLite file (what `Store(path)` takes)
+
+`redact` hides a password wherever a URL is shown: logs, errors, `deals config`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def is_postgresql(target: str | Path) -> bool:
+    return isinstance(target, str) and urlsplit(target).scheme.lower() in POSTGRES_SCHEMES
+
+
+def sqlite_path(target: str | Path) -> Path | str:
+    """The file of a SQLite target (`sqlite:///x.db`, `sqlite:////abs/x.db`, a path, or ':memory:')."""
+    text = str(target)
+    if text == ":memory:":
+        return text
+    if text.lower().startswith("sqlite:"):
+        rest = text[len("sqlite:") :]
+        if not rest.startswith("//"):
+            raise ValueError(f"{text!r}: a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        rest = rest[2:]
+        if "/" not in rest or rest.split("/", 1)[0] not in ("", "localhost"):
+            raise ValueError(f"{text!r}: a SQLite URL names a file, not a host (sqlite:////absolute/path.db)")
+        path = unquote(rest.split("/", 1)[1].split("?", 1)[0])
+        if not path:
+            raise ValueError(f"{text!r}: the SQLite URL names no file")
+        return Path(path)
+    if "://" in text:
+        raise ValueError(f"{redact(text)!r}: not a store URL; expected postgresql://..., sqlite:///... or a file path")
+    return Path(text)
+
+
+def redact(url: str | Path) -> str:
+    """The URL with its password (and any `password=` parameter) replaced by ***."""
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", text)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(key.lower() == "password" for key, _ in pairs):
+            query = urlencode([(key, "***" if key.lower() == "password" else value) for key, value in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def password_of(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        found = parts.password
+        for key, value in parse_qsl(parts.query):
+            if key.lower() == "password":
+                found = value
+        return unquote(found) if found else None
+    except ValueError:
+        return None
+
+
+__all__ = ["POSTGRES_SCHEMES", "is_postgresql", "password_of", "redact", "sqlite_path"]
