@@ -275,7 +275,7 @@ def measure(target: str, n: int) -> list[tuple[str, list[float]]]:
 
         def claim_alert(i: int) -> None:
             alert = alerts[i % len(alerts)]
-            assert store.claim_alert(alert), "the alert was not claimed"
+            assert store.claim_alert(alert) == "claimed", "the alert was not claimed"
             store.mark_alert(alert, "queued")  # back, for the next round
             store.release_claims("send", [alert])
 

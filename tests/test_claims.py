@@ -142,3 +142,45 @@ def test_only_deals_stored_since_the_bound_are_claimed(store_target, monkeypatch
             [(sql, params)] = [(q, p) for q, p in seen.queries if "FROM deals d" in q]
             plan = " ".join(str(row[-1]) for row in store.db.execute("EXPLAIN QUERY PLAN " + sql, params))
             assert "deals_created_at (created_at>?)" in plan, plan
+
+
+def test_several_senders_together_keep_one_daily_cap(store_target):
+    """Four workers claim one recipient's 12 queued alerts at once under a cap of 5: five are
+    claimed in all (sent or being sent both count), not five each; another recipient is not
+    held back, and yesterday's sends do not count."""
+    from deals.framework.models import Opportunity
+
+    day_start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    with Store(store_target) as store:
+        seed(store_target, 13)
+        ids = []
+        for i in range(13):
+            deal = store.get_deal(f"c{i:04d}")
+            opp = store.save_opportunity(Opportunity(deal=deal, estimate=Estimate(price=50.0, pricer="test"), discount=45.0))
+            ids.append(store.enqueue_alert(opp, "+15550001" if i < 12 else "+15550002", f"alert {i}"))
+        old = ids[0]  # sent yesterday: outside today's count
+        assert store.claim_alert(old, at=day_start - timedelta(hours=3)) == "claimed"
+        store.mark_alert(old, "sent", provider_id="SMold", at=day_start - timedelta(hours=2), expect="sending")
+        store.release_claims("send", [old])
+    outcomes: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+
+    def sender(share: list[int]) -> None:
+        with Store(store_target) as mine:
+            mine.register_worker()
+            start.wait(60)
+            for alert_id in share:
+                got = mine.claim_alert(alert_id, cap=(5, day_start))
+                with lock:
+                    outcomes.append((alert_id, got))
+
+    today = ids[1:12]
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(sender, today[k::4]) for k in range(4)]:
+            future.result(120)
+    assert Counter(o for _, o in outcomes) == {"claimed": 5, "capped": 6}
+    with Store(store_target) as store:
+        assert store.claim_alert(ids[12], cap=(5, day_start)) == "claimed"  # the other recipient
+        assert store.claim_alert(ids[12], cap=(5, day_start)) == "taken"  # already sending
+        assert store.claim_alert(ids[1], cap=(0, day_start)) in {"capped", "taken"}

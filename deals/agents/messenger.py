@@ -414,7 +414,6 @@ class Messenger(Agent):
             return
         now = self.clock()
         day_start = self.local_day_start(now)
-        sent_today: dict[str, int] = {}
         quiet = 0
         for index, alert in enumerate(queued):
             if self.in_quiet_hours(now, alert.recipient):
@@ -429,16 +428,9 @@ class Messenger(Agent):
             if now - alert.created_at > self.max_age:
                 self._skip(alert, f"stale: queued since {alert.created_at:%Y-%m-%d %H:%M} UTC", report)
                 continue
-            if alert.recipient not in sent_today:
-                sent_today[alert.recipient] = self.store.count_sent_since(day_start, alert.recipient)
             cap = self._daily_cap(self.watchlist.recipients.get(alert.recipient))
-            if sent_today[alert.recipient] >= cap:
-                self._skip(alert, f"daily cap of {cap} reached", report)
-                continue
-            outcome = self._send(alert, report)
-            if outcome == "sent":
-                sent_today[alert.recipient] += 1
-            elif outcome == "unknown":
+            outcome = self._send(alert, report, cap=(cap, day_start))
+            if outcome == "unknown":
                 report.waiting += len(queued) - index - 1
                 self.log.warning("provider unavailable: %d alert(s) wait for the next cycle", len(queued) - index - 1)
                 return
@@ -461,9 +453,16 @@ class Messenger(Agent):
         report.skipped += 1
         self.log.warning("alert %d to %s skipped: %s", alert.id, _mask(alert.recipient), reason)
 
-    def _send(self, alert: AlertRow, report: MessengerReport) -> str:
-        """Claim and deliver one alert with retries: 'sent', 'failed', 'taken' or 'unknown' (left in 'sending')."""
-        if not self.store.claim_alert(alert.id, at=self.clock()):
+    def _send(self, alert: AlertRow, report: MessengerReport, *, cap: tuple[int, datetime]) -> str:
+        """Claim and deliver one alert with retries: 'sent', 'failed', 'taken', 'capped' or 'unknown' (left in 'sending').
+
+        `cap` = (the recipient's daily cap, the local day's start): checked by the store in the
+        claim itself, so several daemons together keep it."""
+        claim = self.store.claim_alert(alert.id, at=self.clock(), cap=cap)
+        if claim == "capped":
+            self._skip(alert, f"daily cap of {cap[0]} reached", report)
+            return "capped"
+        if claim != "claimed":
             self.log.info("alert %d: no longer queued (another process took it); not sending", alert.id)
             return "taken"
         try:

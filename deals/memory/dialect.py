@@ -54,6 +54,7 @@ from deals.framework.errors import DealsError
 
 MIGRATION_LOCK = 0x6465616C  # 'deal': advisory lock class of the migrations
 DAEMON_LOCK = 0x64616D6E  # 'damn': advisory lock class of the exclusive daemon lock
+RECIPIENT_LOCK = 0x72637074  # 'rcpt': advisory lock class of one recipient's sends (the daily cap)
 
 
 class NotPortable(DealsError):
@@ -267,6 +268,13 @@ class Dialect:
         finally:
             if not db.broken:
                 db.execute("SELECT pg_advisory_unlock(?, hashtext(current_schema()))", (MIGRATION_LOCK,))
+
+    def lock_in_transaction(self, db: Any, kind: int, key: str) -> None:
+        """Hold (kind, key) until the open transaction ends, so that read-then-write checks on
+        it are serialised across processes. PostgreSQL: a transaction advisory lock; SQLite
+        needs none (BEGIN IMMEDIATE already admits one writer)."""
+        if self.is_postgresql:
+            db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (kind, key))
 
     # ---- catalogue
 

@@ -51,7 +51,7 @@ from deals.framework.errors import DealsError
 from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity, Quantile, utcnow
 from deals.framework.dburl import is_postgresql, password_of, redact, sqlite_path
 from deals.memory.claims import Claims
-from deals.memory.dialect import POSTGRESQL, SQLITE, Dialect, PgConnection
+from deals.memory.dialect import POSTGRESQL, RECIPIENT_LOCK, SQLITE, Dialect, PgConnection
 from deals.memory.history import EntriesMixin
 from deals.memory.migrations import apply_migrations
 from deals.memory.views import ViewsMixin
@@ -768,26 +768,44 @@ class Store(Claims, EntriesMixin, WatchesMixin, ViewsMixin):
                 raise StoreError(f"mark_alert: no alert {alert_id}")
             return True
 
-    def claim_alert(self, alert_id: int, *, at: datetime | None = None) -> bool:
+    def claim_alert(self, alert_id: int, *, at: datetime | None = None, cap: tuple[int, datetime] | None = None) -> str:
         """Move a queued alert to 'sending' (one attempt counted) if it is still queued, and claim it.
 
-        Atomic: of two processes claiming one alert, exactly one gets True. The winner holds
-        the alert's `send` claim until `release_claims("send", [alert_id])`; meanwhile no
-        other worker reconciles it (see `deals.memory.claims`).
+        Returns 'claimed', 'taken' (another worker has it, or it is no longer queued) or
+        'capped'. Atomic: of two processes claiming one alert, exactly one gets 'claimed'. The
+        winner holds the alert's `send` claim until `release_claims("send", [alert_id])`;
+        meanwhile no other worker reconciles it (see `deals.memory.claims`).
+
+        `cap` = (limit, day start): the recipient's alerts sent or being sent since the day
+        start are counted in the same transaction, under a per-recipient lock, and at the
+        limit the alert is 'capped' (left queued for the caller to skip). So several daemons
+        together keep one daily cap, not one each.
         """
         self.worker_id  # noqa: B018 - register before the transaction
         self.reap_workers()
         with self.transaction() as db:
+            if cap is not None:
+                row = db.execute("SELECT recipient FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+                if row is None:
+                    return "taken"
+                self.dialect.lock_in_transaction(db, RECIPIENT_LOCK, row[0])
+                used = db.execute(
+                    "SELECT COUNT(*) FROM alerts WHERE recipient = ? AND id <> ? AND "
+                    "((state = 'sent' AND sent_at >= ?) OR (state = 'sending' AND updated_at >= ?))",
+                    (row[0], alert_id, to_text(cap[1]), to_text(cap[1])),
+                ).fetchone()[0]
+                if int(used) >= cap[0]:
+                    return "capped"
             if not self._insert_claims(db, "send", [str(alert_id)]):
-                return False  # another worker is reconciling or sending it
+                return "taken"  # another worker is reconciling or sending it
             cursor = db.execute(
                 "UPDATE alerts SET state = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'queued'",
                 (self._now(at), alert_id),
             )
             if cursor.rowcount != 1:
                 db.execute("DELETE FROM claims WHERE kind = 'send' AND key = ?", (str(alert_id),))
-                return False
-            return True
+                return "taken"
+            return "claimed"
 
     def begin_send(self, alert_id: int, *, at: datetime | None = None) -> int:
         """Record that an alert is being handed to the provider now; returns the attempt's id."""
