@@ -58,7 +58,7 @@ def test_compose_file_is_valid_against_the_compose_specification():
 
 def test_compose_wires_the_topology_the_guide_describes():
     services = compose()["services"]
-    assert set(services) == {"postgres", "chroma", "deals-init", "deals", "vllm"}
+    assert set(services) == {"postgres", "chroma", "deals-init", "deals", "dashboard", "vllm"}
     for name, service in services.items():
         if name != "deals-init":
             assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
@@ -77,6 +77,12 @@ def test_compose_wires_the_topology_the_guide_describes():
     text = (DEPLOY / "compose.yaml").read_text()
     for key, value in re.findall(r"^\s*([A-Z_]*(?:PASSWORD|TOKEN|SECRET|KEY)[A-Z_]*):\s*(.+)$", text, re.M):
         assert value.strip().startswith("${"), f"{key} is written into compose.yaml"
+    # the dashboard: over the same store, on the host's loopback only, behind the token
+    dashboard = services["dashboard"]
+    assert dashboard["command"] == ["dashboard"] and dashboard["image"] == services["deals"]["image"]
+    assert dashboard["environment"]["DEALS_STORE__URL"] == env["DEALS_STORE__URL"]
+    assert dashboard["environment"]["DEALS_DASHBOARD_TOKEN"].startswith("${DEALS_DASHBOARD_TOKEN:?")
+    assert all(port.startswith("127.0.0.1:") for port in dashboard["ports"])
     # the gpu profile: vLLM on one GPU serving the adapter as the model the specialist asks for
     vllm = services["vllm"]
     assert vllm["profiles"] == ["gpu"]
