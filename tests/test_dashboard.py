@@ -14,6 +14,7 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from starlette.testclient import TestClient
@@ -23,7 +24,7 @@ from deals.framework.errors import ConfigError
 from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity
 from deals.framework.settings import Settings, StoreSettings, WatchRule
 from deals.memory.store import Store
-from deals.web.app import create_app
+from deals.web.app import create_app, feed_id
 from deals.web.settings_view import redacted_settings
 from deals.web.security import SESSION_COOKIE, Guard, check_bind, is_loopback
 
@@ -288,6 +289,22 @@ def test_a_feed_only_read_with_the_feed_option_is_offered_to_the_cycle_not_shown
     assert "already in feeds.urls" in c.post("/feeds/add", data={"csrf": csrf, "url": configured}).text
     assert engine_store.effective_feed_urls([configured]) == [configured, stale] and "added here" not in row(configured)
     assert "no such feed" in c.post("/feeds/toggle", data={"csrf": csrf, "url": "https://unknown.example/rss", "enabled": "1"}).text
+
+
+def test_a_feed_url_with_a_key_is_never_shown_and_its_controls_still_work(engine_store):
+    keyed, with_user = "https://feeds.example/rss?api_key=FEEDKEY123", "https://reader:pw-s3cr3t@feeds2.example/rss"
+    engine_store.save_feed_state(FeedState(url=keyed, error_count=1, last_error=f"HTTP 503 from {keyed}"))
+    d = Deal(entry_key="k", product_description="Logitech MX Master 3S wireless mouse", price=40.0, url="https://shop.example/m")
+    engine_store.save_deal(d)
+    engine_store.record_entries([FeedEntry(key="k", feed_url=keyed, title=d.product_description, url=d.url)], [d])
+    c = client(Settings.model_validate({"feeds": {"urls": [keyed, with_user]}}))
+    for path in ("/feeds", "/deals", f"/deals?feed={feed_id(keyed)}", "/product?key=" + quote(engine_store.entry_facts(["k"])["k"].product_key), "/settings"):
+        text = c.get(path).text
+        assert "FEEDKEY123" not in text and "pw-s3cr3t" not in text, path
+    assert "feeds.example/rss" in c.get("/feeds").text and "HTTP 503 from" in c.get("/feeds").text
+    assert "Logitech" in c.get(f"/deals?feed={feed_id(keyed)}").text and "Logitech" not in c.get(f"/deals?feed={feed_id(with_user)}").text
+    c.post("/feeds/toggle", data={"csrf": csrf_of(c), "feed": feed_id(keyed), "enabled": "0"})  # as the page's form posts it
+    assert engine_store.effective_feed_urls([keyed, with_user]) == [with_user]
 
 
 def test_costs_page_and_charts(engine_store):

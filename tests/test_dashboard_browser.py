@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,7 @@ PAGES = {
 
 
 def test_every_page_renders_and_is_saved_as_a_screenshot(site):
+    started = time.time() - 1  # screenshots from earlier runs stay in the folder: only this run's count
     for name, path in PAGES.items():
         page = site.page(path)
         assert page.locator("main h1").count() == 1, path
@@ -197,6 +199,8 @@ def test_every_page_renders_and_is_saved_as_a_screenshot(site):
     shot(page, "product-history")
     page.close()
     assert {f"{n}.png" for n in PAGES} <= {p.name for p in SCREENSHOTS.glob("*.png")}
+    fresh = {p.name for p in SCREENSHOTS.glob("*.png") if p.stat().st_mtime >= started and p.stat().st_size > 5_000}
+    assert {f"{n}.png" for n in PAGES} <= fresh
     settings = site.page("/settings")
     text = settings.content()
     assert "sk-test-dash" not in text and AUTH_TOKEN not in text and ALICE not in text and CAROL not in text

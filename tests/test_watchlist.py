@@ -200,6 +200,22 @@ def test_per_recipient_daily_cap_and_quiet_hours(store_url, twilio):
     assert outbox.count("quiet hours until 07:00 UTC") == 3 and outbox.count("daily cap of 1 reached") == 2 and BOB not in outbox
 
 
+def test_an_opportunity_routed_to_nobody_stays_so_through_recovery(store_url, twilio):
+    """Watches that match nothing route an opportunity to nobody: recorded, so neither the
+    messenger's recovery nor a second look routes it again, and no alert is queued to ''."""
+    with Store(store_url) as store:
+        store.add_watch(ALICE, WatchRule(keywords=["kayak"]))
+        settings = Settings.model_validate({"messenger": {"to": [ALICE], "base_url": twilio.url, "retry_base_s": 0}, "store": {"url": store_url}})
+        d = deal("A vest nobody watches for, with a long name", 10.0)
+        oid = store.save_opportunity(Opportunity(deal=d, estimate=Estimate(price=100.0, pricer="t"), discount=90.0))
+        messenger = Messenger(settings, store, environ=TWILIO_ENV)
+        report = messenger.notify([(oid, store.get_opportunity(oid))])
+        assert store.is_routed(oid) and store.routes(oid) == [] and store.unalerted_routes() == []
+        assert messenger.deliver_pending().sent == 0  # recovery runs here
+        assert store.alerts() == [] and twilio.created == [] and report.skipped == 0
+        messenger.close()
+
+
 # --------------------------------------------------------------------------- deals watch
 
 
@@ -300,10 +316,17 @@ def test_migration_m010_copies_the_deals_stored_before_it(store_target):
     names = [m.__name__ for m in MIGRATIONS]
     apply_migrations(db, MIGRATIONS[: names.index("m010_entries")])
     db.execute("INSERT INTO deals (entry_key, description, price, url, created_at) VALUES ('old', 'An old deal', 12.5, 'https://x.example/', '2025-01-01T00:00:00.000000Z')")
+    db.execute(
+        "INSERT INTO deals (entry_key, description, price, url, created_at) VALUES "
+        "('mx', 'Logitech MX Master 3S Mouse for $19 + free shipping', 19.0, 'https://www.amazon.com/dp/B09HM94VDS', '2025-01-02T00:00:00.000000Z')"
+    )
     db.close()
     with Store(store_target) as store:
         row = store.db.execute("SELECT title, price, outcome, seen_at FROM entries WHERE key = 'old'").fetchone()
         assert tuple(row) == ("An old deal", 12.5, "deal", "2025-01-01T00:00:00.000000Z")
+        # keyed as new sightings of the same products are, so their price history joins up
+        keys = dict(store.db.execute("SELECT key, product_key FROM entries").fetchall())
+        assert keys == {"old": product_key("An old deal", "https://x.example/"), "mx": "amazon:B09HM94VDS"}
 
 
 # --------------------------------------------------------------------------- portable SQL
@@ -367,7 +390,7 @@ def test_the_sql_of_entries_views_watches_and_their_migrations_is_portable():
     names = [m.__name__ for m in MIGRATIONS]
     sources = {m.__name__: inspect.getsource(m) for m in MIGRATIONS[names.index("m010_entries") :]}
     sources.update({mod.__name__: inspect.getsource(mod) for mod in (deals.memory.history, deals.memory.views, deals.memory.watches)})
-    assert len(sources) == 7
+    assert len(sources) == len(MIGRATIONS) - names.index("m010_entries") + 3  # every migration from m010 on, and the three modules
     checked = 0
     for where, source in sources.items():
         uses = {n.attr for n in ast.walk(ast.parse(textwrap.dedent(source))) if isinstance(n, ast.Attribute)}

@@ -262,10 +262,10 @@ class Messenger(Agent):
             routes = self.watchlist.route(
                 opp.deal, opp.estimate, general=True, title=facts.title if facts else None, feed_url=facts.feed_url if facts else None
             )
-            self.store.save_routes(opportunity_id, routes or [("", "nobody")])  # '' marks "routed, to nobody"
+            self.store.save_routes(opportunity_id, routes)
             # what is stored now: another daemon may have routed it meanwhile (the first route of a recipient stays)
             routes = self.store.routes(opportunity_id)
-        return [(recipient, why) for recipient, why in routes if recipient]
+        return routes
 
     def _enqueue(self, opportunity_id: int, opp: Opportunity, recipients: Sequence[str], report: MessengerReport) -> bool:
         """Queue the alert of one opportunity for `recipients`; False when the store refused it."""

@@ -389,25 +389,17 @@ class Planner(Agent):
 
     # ------------------------------------------------------------------ price and decide
 
-    def pending_deals(self) -> list[Deal]:
-        """The deals this cycle should price: oldest unpriced first, capped, given-up ones left out.
-
-        Only deals stored in the last `planner.price_within_days` days (by the store's clock):
-        older offers are likely gone, and looking at them would make every cycle as slow as
-        the whole history is long.
-        """
-        return self.store.unpriced_deals(
-            self.config.max_deals_per_cycle, since=self._price_since(), max_attempts=self.max_pricing_attempts
-        )
-
     def _price_since(self) -> datetime:
-        """Deals stored before this (by the store's clock) are no longer priced: `planner.price_within_days`."""
+        """Deals stored before this (by the store's clock) are no longer priced: `planner.price_within_days`.
+
+        Older offers are likely gone, and looking at them would make every cycle as slow as the
+        whole history is long."""
         return self.store.clock() - timedelta(days=self.config.price_within_days)
 
     def _price(self, report: CycleReport) -> None:
         """Price the deals this daemon claims (its share at a time), at most `planner.max_deals_per_cycle`.
 
-        Only deals stored in the last `planner.price_within_days` days are claimed (see `pending_deals`).
+        Only deals stored in the last `planner.price_within_days` days are claimed (see `_price_since`).
         """
         budget = self.config.max_deals_per_cycle
         since = self._price_since()

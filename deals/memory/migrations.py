@@ -315,10 +315,17 @@ def m010_entries(db: Connection) -> None:
         "CREATE INDEX entries_feed ON entries(feed_url, seen_at)",
         "CREATE INDEX entries_decision ON entries(decision, seen_at)",
         "CREATE INDEX entries_product ON entries(product_key, seen_at)",
+    )
+    from deals.framework.product_key import product_key  # the same key new sightings get
+
+    old = db.execute(
+        """SELECT d.entry_key, COALESCE(s.feed_url, ''), d.description, d.url, d.price, e.decision, d.created_at
+           FROM deals d LEFT JOIN seen_entries s ON s.key = d.entry_key LEFT JOIN estimates e ON e.deal_key = d.entry_key"""
+    ).fetchall()
+    db.executemany(
         """INSERT INTO entries (key, feed_url, title, url, product_key, price, outcome, decision, seen_at)
-           SELECT d.entry_key, COALESCE(s.feed_url, ''), d.description, d.url, 'title:' || lower(d.description), d.price,
-                  'deal', e.decision, d.created_at
-           FROM deals d LEFT JOIN seen_entries s ON s.key = d.entry_key LEFT JOIN estimates e ON e.deal_key = d.entry_key""",
+           VALUES (?, ?, ?, ?, ?, ?, 'deal', ?, ?)""",
+        [(key, feed, title, url, product_key(title, url), price, decision, at) for key, feed, title, url, price, decision, at in old],
     )
 
 
@@ -386,6 +393,12 @@ def m013_dashboard_indexes(db: Connection) -> None:
     )
 
 
+@migration
+def m014_alerts_by_recipient(db: Connection) -> None:
+    """The daily cap, counted in every alert claim: a recipient's alerts by state and time."""
+    _run(db, "CREATE INDEX alerts_recipient_state ON alerts(recipient, state, sent_at)")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -408,8 +421,10 @@ def apply_migrations(db: Connection, migrations: Sequence[Migration] | None = No
     dialect = dialect_of(db)
     applied_now: list[str] = []
     with dialect.migration_lock(db):
-        applied_migrations(db)
+        done_before = set(applied_migrations(db))
         for fn in migrations:
+            if fn.__name__ in done_before:  # opening an up-to-date store writes nothing
+                continue
             db.execute(dialect.begin)
             try:
                 done = db.execute("SELECT 1 FROM migrations WHERE name = ?", (fn.__name__,)).fetchone()

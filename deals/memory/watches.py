@@ -28,6 +28,8 @@ from pydantic import BaseModel, Field
 
 from deals.framework.settings import WatchRule
 
+NOBODY = ""  # the recipient of the route row that records "routed, to nobody"
+
 
 class StoredWatch(BaseModel):
     """A watch added from the CLI or the dashboard."""
@@ -118,14 +120,17 @@ class WatchesMixin:
     # ---------------------------------------------------------------- routes
 
     def save_routes(self, opportunity_id: int, routes: Sequence[tuple[str, str]]) -> None:
-        """Record who an opportunity goes to and why (idempotent: a recipient's first route stays)."""
+        """Record who an opportunity goes to and why (idempotent: a recipient's first route stays).
+
+        No routes is recorded too, as the `NOBODY` marker row, so that the decision is not made
+        again (and routed differently) by whoever looks at the opportunity next."""
         from deals.memory.store import StoreError
 
         now = self._now()
         with self.transaction() as db:
             if not db.execute("SELECT 1 FROM opportunities WHERE id = ?", (opportunity_id,)).fetchone():
                 raise StoreError(f"save_routes: no opportunity {opportunity_id} is stored")
-            for recipient, why in routes:
+            for recipient, why in routes or [(NOBODY, "nobody")]:
                 db.execute(
                     """INSERT INTO routes (opportunity_id, recipient, why, created_at) VALUES (?, ?, ?, ?)
                        ON CONFLICT(opportunity_id, recipient) DO NOTHING""",
@@ -133,11 +138,14 @@ class WatchesMixin:
                 )
 
     def routes(self, opportunity_id: int) -> list[tuple[str, str]]:
-        rows = self._all("SELECT recipient, why FROM routes WHERE opportunity_id = ? ORDER BY recipient", (opportunity_id,))
+        """(recipient, why) of an opportunity's routes, without the `NOBODY` marker."""
+        rows = self._all(
+            "SELECT recipient, why FROM routes WHERE opportunity_id = ? AND recipient <> ? ORDER BY recipient", (opportunity_id, NOBODY)
+        )
         return [(r["recipient"], r["why"]) for r in rows]
 
     def is_routed(self, opportunity_id: int) -> bool:
-        """Whether routes were decided for this opportunity (an empty decision is recorded as no rows)."""
+        """Whether routes were decided for this opportunity (an empty decision is the `NOBODY` row)."""
         return self._one("SELECT 1 FROM routes WHERE opportunity_id = ? LIMIT 1", (opportunity_id,)) is not None
 
     def unalerted_routes(self, since: datetime | None = None) -> list[tuple[int, str]]:
@@ -147,8 +155,8 @@ class WatchesMixin:
         rows = self._all(
             """SELECT r.opportunity_id, r.recipient FROM routes r
                LEFT JOIN alerts a ON a.opportunity_id = r.opportunity_id AND a.recipient = r.recipient
-               WHERE a.id IS NULL AND r.created_at >= ? ORDER BY r.opportunity_id, r.recipient""",
-            (to_text(since) if since else "",),
+               WHERE a.id IS NULL AND r.recipient <> ? AND r.created_at >= ? ORDER BY r.opportunity_id, r.recipient""",
+            (NOBODY, to_text(since) if since else ""),
         )
         return [(int(r["opportunity_id"]), r["recipient"]) for r in rows]
 

@@ -90,15 +90,17 @@ class RidgeModel:
     # ------------------------------------------------------------------ features
 
     @staticmethod
-    def _features(texts: Sequence[str], idf: np.ndarray, vectors: np.ndarray) -> csr_matrix:
-        """[idf-weighted, L2-normalised counts per block ; EMBEDDING_WEIGHT x unit embedding]."""
+    def _features(counts: Sequence[csr_matrix], idf: np.ndarray, vectors: np.ndarray) -> csr_matrix:
+        """[idf-weighted, L2-normalised counts per block ; EMBEDDING_WEIGHT x unit embedding].
+
+        `counts`: the hashed counts of the texts, one matrix per block of BLOCKS."""
         from scipy.sparse import csr_matrix, diags, hstack
         from sklearn.preprocessing import normalize
 
-        blocks = []
-        for i, block in enumerate(BLOCKS):
-            counts = _counts(texts, block)
-            blocks.append(normalize(counts @ diags(idf[i * N_FEATURES : (i + 1) * N_FEATURES]), norm="l2", copy=False))
+        blocks = [
+            normalize(block_counts @ diags(idf[i * N_FEATURES : (i + 1) * N_FEATURES]), norm="l2", copy=False)
+            for i, block_counts in enumerate(counts)
+        ]
         dense = np.asarray(vectors, dtype=np.float64)
         dense = EMBEDDING_WEIGHT * dense / np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
         return hstack([*blocks, csr_matrix(dense)]).tocsr()
@@ -112,22 +114,23 @@ class RidgeModel:
             raise ValueError(f"{len(texts)} texts, {len(prices)} prices and {len(vectors)} vectors: need one of each per product")
         if len(texts) < 2:
             raise ValueError("need at least two products to fit the ridge pricer")
-        texts = list(texts)
+        counts = [_counts(list(texts), block) for block in BLOCKS]  # hashed once: for the idf and the features
         idf_parts = []
-        for block in BLOCKS:
-            df = np.bincount(_counts(texts, block).indices, minlength=N_FEATURES)
+        for block_counts in counts:
+            df = np.bincount(block_counts.indices, minlength=N_FEATURES)
             idf = np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0
             idf[df < MIN_DF] = 0.0
             idf_parts.append(idf)
         idf = np.concatenate(idf_parts)
-        model = Ridge(alpha=alpha).fit(cls._features(texts, idf, vectors), np.log(np.asarray(prices, dtype=np.float64)))
+        model = Ridge(alpha=alpha).fit(cls._features(counts, idf, vectors), np.log(np.asarray(prices, dtype=np.float64)))
         return cls(idf, model.coef_, float(model.intercept_), {text_key(t) for t in texts}, fingerprint)
 
     def predict_log(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         """Predicted log prices."""
         if not texts:
             return np.zeros(0)
-        return self._features(list(texts), self.idf, vectors) @ self.coef + self.intercept
+        texts = list(texts)
+        return self._features([_counts(texts, block) for block in BLOCKS], self.idf, vectors) @ self.coef + self.intercept
 
     # ------------------------------------------------------------------ files
 

@@ -26,6 +26,7 @@ masked to their last 4 digits (`mask`). Security (token, host, CSRF, headers):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ from deals.memory.views import DealFilter
 from deals.memory.watches import FeedControl
 from deals.web import charts
 from deals.web.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, SECURITY_HEADERS, SESSION_COOKIE, Guard
-from deals.web.settings_view import redacted_settings, secret_status
+from deals.web.settings_view import redact_url, redact_urls_in, redacted_settings, secret_status
 
 STATIC = Path(__file__).with_name("static")
 OPEN_PATHS = ("/login", "/static/", "/healthz")
@@ -84,13 +85,19 @@ def safe_href(url: str | None) -> str:
     return str(url).strip() if scheme in ("http", "https") else ""
 
 
+def feed_id(url: str) -> str:
+    """A feed's id in forms: a digest of its URL, which may carry a key that the page must not show."""
+    return hashlib.sha256(url.encode()).hexdigest()[:20]
+
+
 def when(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("deals.web", "templates"), autoescape=select_autoescape(["html"]), trim_blocks=True)
-    env.filters.update(money=money, mask=mask, href=safe_href, when=when, pct=lambda v: f"{100 * (v or 0):.0f}%")
+    env.filters.update(money=money, mask=mask, href=safe_href, when=when, pct=lambda v: f"{100 * (v or 0):.0f}%",
+                       secret_url=redact_url, secret_urls_in=redact_urls_in, feed_id=feed_id)  # fmt: skip
     env.globals.update(decisions=DECISIONS, alert_states=ALERT_STATES)
     return env
 
@@ -191,15 +198,17 @@ class Dashboard:
         decision = request.query_params.get("decision", "")
         if decision and decision not in (*DECISIONS, "waiting"):
             raise HTTPException(400, f"unknown decision {decision[:40]!r}")
+        feeds = self.store.entry_feeds()
+        wanted = request.query_params.get("feed", "")[:2000]  # the feed's id (or its URL)
         where = DealFilter(
-            q=request.query_params.get("q", "")[:200], feed=request.query_params.get("feed", "")[:2000], decision=decision,
-            since=date_param(request, "since"), until=date_param(request, "until"),
+            q=request.query_params.get("q", "")[:200], feed=next((f for f in feeds if wanted in (f, feed_id(f))), wanted),
+            decision=decision, since=date_param(request, "since"), until=date_param(request, "until"),
         )  # fmt: skip
         rows = self.store.deal_rows(where, (page - 1) * self.page_size, self.page_size + 1)
-        query = {k: v for k, v in where.model_dump().items() if v}
+        query = {k: v for k, v in where.model_dump().items() if v} | ({"feed": feed_id(where.feed)} if where.feed else {})
         return self.page(
             request, "deals.html", rows=rows[: self.page_size], page=page, more=len(rows) > self.page_size, where=where,
-            feeds=self.store.entry_feeds(), query=urlencode(query),
+            feeds=feeds, query=urlencode(query),
         )  # fmt: skip
 
     def product(self, request: Request) -> Response:
@@ -353,10 +362,12 @@ class Dashboard:
 
     async def toggle_feed(self, request: Request) -> Response:
         form = await self.form(request)
-        url = str(form.get("url", ""))[:2000]
+        wanted = str(form.get("feed") or form.get("url") or "")[:2000]  # the page posts the feed's id, not its URL (it may hold a key)
         enabled = str(form.get("enabled", "")) == "1"
         controls = {c.url: c for c in self.store.feed_controls()}
-        if url not in {*self.settings.feeds.urls, *controls, *(s.url for s in self.store.feed_states())}:
+        known = {*self.settings.feeds.urls, *controls, *(s.url for s in self.store.feed_states())}
+        url = next((u for u in known if wanted in (u, feed_id(u))), None)
+        if url is None:
             return self.back("/feeds", message="no such feed")
         if enabled and not _in_cycle(url, self.settings.feeds.urls, controls.get(url)):
             # a feed only read with `deals run --feed`: enabling it adds it to the cycle
@@ -412,10 +423,9 @@ def _first_error(exc: Exception) -> str:
 class GuardMiddleware(BaseHTTPMiddleware):
     """Host check, token, the CSRF cookie and the security headers on every response."""
 
-    def __init__(self, app: Any, guard: Guard, templates: Jinja2Templates) -> None:
+    def __init__(self, app: Any, guard: Guard) -> None:
         super().__init__(app)
         self.guard = guard
-        self.templates = templates
 
     async def dispatch(self, request: Request, call_next: Any) -> Response:
         if not self.guard.host_ok(request.headers.get("host")):
@@ -484,7 +494,7 @@ def create_app(settings: Settings, *, token: str | None = None, bind_host: str |
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(GuardMiddleware, guard=guard, templates=dash.templates)],
+        middleware=[Middleware(GuardMiddleware, guard=guard)],
         exception_handlers={HTTPException: errors, DealsError: errors, 500: errors},
         lifespan=lifespan,
     )

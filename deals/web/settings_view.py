@@ -34,7 +34,8 @@ _PHONE = re.compile(r"^\+\d{6,16}$")
 HIDDEN = "*** (hidden)"
 
 
-def _url(value: str) -> str:
+def redact_url(value: str) -> str:
+    """The URL with its user info and secret-looking query values (key, token, sig...) as ***."""
     try:
         parts = urlsplit(value)
     except ValueError:
@@ -49,18 +50,26 @@ def _url(value: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` (an error message, say) with every URL in it through `redact_url`."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
 def _clean(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
         return {k: _clean(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_clean(v, key) for v in value]
     if isinstance(value, str):
-        if key and _SECRET_NAME.search(key) and key != "api_key_env":
+        if key and _SECRET_NAME.search(key):
             return HIDDEN
         if _PHONE.match(value):
             return mask(value)
         if "://" in value:
-            return _url(value)
+            return redact_url(value)
     return value
 
 
