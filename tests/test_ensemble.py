@@ -430,6 +430,30 @@ def test_a_configured_frontier_is_fitted_on_first_use_under_the_cost_cap(ridge_h
     assert used.calls == fitted_calls + 1 and used.cost_usd > 0  # every call counted, whoever made it
 
 
+def test_an_automatic_fit_that_leaves_a_member_unfitted_is_not_paid_for_again_at_every_start(ridge_home, small_validation, monkeypatch, caplog):
+    from tests.fakes.llm_server import FakeLLMServer, http_error
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ensemble")
+    settings = Settings()
+    settings.ensemble.auto_fit_data = str(small_validation)
+    settings.frontier.cache = False
+    with FakeLLMServer(http_error(401)) as server:  # every frontier call fails: the fit cannot cover it
+        settings.llm = LLMSettings(provider="openai", base_url=f"{server.url}/v1", max_retries=0)
+        create_pricer("ensemble", settings).close()
+        tried = len(server.requests)
+        with caplog.at_level(logging.WARNING):
+            again = create_pricer("ensemble", settings)  # the next start (or `deals price`)
+        again.close()
+        assert tried > 0 and len(server.requests) == tried  # not tried, not paid for, again
+        assert "tried before" in caplog.text and "deals ensemble fit" in caplog.text
+        assert set(again.members) == {"local"} and "frontier" in again.missing
+        other = small_validation.with_name("other.jsonl")
+        other.write_text("\n".join(small_validation.read_text().splitlines()[:30]) + "\n")
+        settings.ensemble.auto_fit_data = str(other)  # other data (or other members): a new attempt
+        create_pricer("ensemble", settings).close()
+        assert len(server.requests) > tried
+
+
 def test_with_auto_fit_off_a_configured_frontier_is_never_called(ridge_home, monkeypatch):
     from tests.fakes.llm_server import FakeLLMServer, answer
 

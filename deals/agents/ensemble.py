@@ -29,6 +29,8 @@ local model started from) and what the LLM calls behind it cost.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deals.framework.errors import DataError, DealsError, PricingError
+from deals.framework.files import atomic_write_text
 from deals.framework.models import Estimate, Neighbour
 from deals.pricer.base import Pricer, clamp, register
 from deals.pricer.blend import (
@@ -220,9 +223,31 @@ def _uncovered(fit: EnsembleFit | None, members: Sequence[str]) -> list[str]:
 
 
 def auto_fit(settings: Settings, members: Mapping[str, Pricer], path: Path) -> EnsembleFit | None:
-    """Fit `members` on the bundled validation split under the configured caps; None when that fails."""
+    """Fit `members` on the bundled validation split under the configured caps; None when that fails.
+
+    Tried once per (members, data): an attempt that leaves a member uncovered (its calls
+    failed, or the cost cap came first) is recorded beside the weights file, so that every
+    later start does not pay for the same fit again; `deals ensemble fit` refits by hand.
+    """
     config = settings.ensemble
     data = Path(config.auto_fit_data) if config.auto_fit_data else validation_file()
+    tried = path.with_name(path.stem + ".auto-fit-tried.json")
+    attempt = {"members": sorted(members), "data": str(data), "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest() if data.exists() else None}
+    try:
+        if json.loads(tried.read_text()) == attempt:
+            log.warning("ensemble: the automatic fit of %s on %s was tried before and left members unfitted; not paying again (fit with `%s`)",
+                        ", ".join(members), data.name, FIT_COMMAND)  # fmt: skip
+            return None
+    except (OSError, ValueError):
+        pass  # never tried (or an unreadable record): try
+    fit = _auto_fit(settings, members, path, data)
+    if _uncovered(fit, list(members)):
+        atomic_write_text(tried, json.dumps(attempt))
+    return fit
+
+
+def _auto_fit(settings: Settings, members: Mapping[str, Pricer], path: Path, data: Path) -> EnsembleFit | None:
+    config = settings.ensemble
     log.warning(
         "ensemble: fitting %s on %s first (at most %d items and $%.2f for the LLM members; set ensemble.auto_fit: false to skip)",
         ", ".join(members), data.name, config.auto_fit_max_items, config.auto_fit_max_usd,
