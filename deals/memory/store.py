@@ -897,15 +897,16 @@ class Store(Claims, EntriesMixin, WatchesMixin, ViewsMixin):
             )
             return int(cursor.rowcount)
 
-    def recent_runs(self, limit: int = 10) -> list[RunRow]:
-        rows = self._all("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+    def recent_runs(self, limit: int = 10, offset: int = 0) -> list[RunRow]:
+        """Cycle reports, newest first (`offset` pages through them)."""
+        rows = self._all("SELECT * FROM runs ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))
         return [
             RunRow(
                 id=row["id"],
                 started_at=from_text(row["started_at"]),
                 finished_at=from_text(row["finished_at"]),
                 status=row["status"],
-                stats=json.loads(row["stats"]),
+                stats=json.loads(row["stats"] or "{}"),
             )
             for row in rows
         ]

@@ -6,7 +6,6 @@
     store.feed_counts(urls, since)                 entries per feed since a time
     store.alert_rows(state, offset, limit)         the outbox, newest first
     store.costs_by_day(since)                      LLM calls, tokens and dollars per day and agent
-    store.run_rows(offset, limit)                  cycle reports, newest first
     store.priced_points(limit)                     (price, estimate, decision) of recent priced deals
 
 Lists fetch `limit + 1` rows so that the page knows whether a next one exists without
@@ -24,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from deals.framework.models import Estimate, Opportunity
+from deals.framework.models import Opportunity
 
 
 class OpportunityRow(BaseModel):
@@ -281,16 +280,6 @@ class ViewsMixin:
             for r in rows
         ]
 
-    def run_rows(self, offset: int = 0, limit: int = 50) -> list[Any]:
-        from deals.memory.store import RunRow, from_text
-
-        rows = self._all("SELECT * FROM runs ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))
-        return [
-            RunRow(id=r["id"], started_at=from_text(r["started_at"]), finished_at=from_text(r["finished_at"]), status=r["status"],
-                   stats=json.loads(r["stats"] or "{}"))  # fmt: skip
-            for r in rows
-        ]
-
     def priced_points(self, limit: int = 300) -> list[tuple[float, float, str | None]]:
         """(deal price, estimate, decision) of the most recently priced deals."""
         rows = self._all(
@@ -299,9 +288,6 @@ class ViewsMixin:
             (limit,),
         )
         return [(r["price"], r["estimate"], r["decision"]) for r in rows]
-
-    def estimate_of(self, deal_key: str) -> Estimate | None:
-        return self.get_estimate(deal_key)  # type: ignore[attr-defined]
 
 
 __all__ = ["AlertView", "CostRow", "DealFilter", "DealRow", "OpportunityRow", "OpportunityView", "ViewsMixin"]

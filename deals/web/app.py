@@ -48,6 +48,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from deals.agents.messenger import money as dollars
 from deals.agents.watchlist import Watchlist, mask, parse_quiet
 from deals.framework.errors import DealsError
 from deals.framework.settings import Settings, WatchRule, check_feed_url, e164
@@ -68,10 +69,7 @@ MAX_PAGE = 100_000
 
 
 def money(value: float | None) -> str:
-    if value is None:
-        return "-"
-    text = f"{value:,.2f}"
-    return "$" + (text[:-3] if text.endswith(".00") else text)
+    return "-" if value is None else dollars(value)
 
 
 def safe_href(url: str | None) -> str:
@@ -226,7 +224,7 @@ class Dashboard:
         controls = {c.url: c for c in self.store.feed_controls()}
         states = {s.url: s for s in self.store.feed_states()}
         urls = list(dict.fromkeys(configured + list(controls) + list(states)))
-        runs = self.store.run_rows(0, 1)
+        runs = self.store.recent_runs(1)
         last = runs[0].stats.get("feed_entries", {}) if runs else {}
         week = self.store.feed_counts(urls, datetime.now(timezone.utc) - timedelta(days=7))
         rows = []
@@ -261,7 +259,7 @@ class Dashboard:
 
     def runs(self, request: Request) -> Response:
         page = int_param(request, "page", 1)
-        rows = self.store.run_rows((page - 1) * self.page_size, self.page_size + 1)
+        rows = self.store.recent_runs(self.page_size + 1, offset=(page - 1) * self.page_size)
         template = "_run_rows.html" if self.fragment(request) else "runs.html"
         return self.page(request, template, rows=rows[: self.page_size], page=page, more=len(rows) > self.page_size)
 
