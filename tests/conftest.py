@@ -98,3 +98,50 @@ def embedder():
     from deals.memory.embeddings import Embedder
 
     return Embedder(EmbeddingSettings())
+
+
+EXIT_GRACE_S = 120
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Name what is still running when the session ends, and make sure pytest exits.
+
+    A non-daemon thread or an executor's worker blocked on a socket keeps the interpreter
+    from exiting after the summary, and CI then waits until its own limit. The threads and
+    child processes still alive are printed now; if pytest has not exited EXIT_GRACE_S
+    later, every thread's stack is dumped and the process exits with the session's status."""
+    import faulthandler
+    import sys
+    import threading
+    import time
+
+    alive = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    children = _child_processes()
+    out = sys.__stderr__
+    if alive or children:
+        print(f"\nstill running as the session ends: threads {[t.name for t in alive]}, processes {children}", file=out)
+
+    def watch() -> None:
+        time.sleep(EXIT_GRACE_S)
+        print(f"\npytest has not exited {EXIT_GRACE_S} s after the session ended; the threads' stacks:", file=out, flush=True)
+        faulthandler.dump_traceback(file=out, all_threads=True)
+        out.flush()
+        os._exit(int(exitstatus))
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
+
+
+def _child_processes() -> list[str]:
+    """This process's live children, as 'pid command' (Linux /proc; empty elsewhere)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(os.getpid()) and fields[0] != "Z":
+            found.append(f"{stat.parent.name} {text[text.find('(') + 1 : text.rfind(')')]}")
+    return found
