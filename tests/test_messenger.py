@@ -417,10 +417,12 @@ def test_send_test_message(make, fake):
 def test_bad_settings_are_config_errors(make):
     with pytest.raises(ConfigError, match="messenger.timezone"):
         make(timezone="Mars/Olympus")
-    with pytest.raises(ConfigError, match="set together"):
+    # quiet hours are refused when the settings are read, before any messenger is built
+    with pytest.raises(ValidationError, match="set together"):
         make(quiet_start="22:00")
-    with pytest.raises(ConfigError, match="quiet_end"):
-        make(quiet_start="22:00", quiet_end="25:00")
+    for start, end in (("22:00", "25:00"), ("24:00", "07:00"), ("22:60", "07:00")):
+        with pytest.raises(ValidationError, match="not a time of day"):
+            make(quiet_start=start, quiet_end=end)
 
 
 def test_the_auth_token_is_never_logged(make, store, fake, caplog, capsys):

@@ -68,11 +68,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field
 
 from deals.agents.notifiers import CONSOLE_RECIPIENT, Notifier, build_notifier, warn_once
-from deals.agents.watchlist import Recipient, Watchlist
+from deals.agents.watchlist import Recipient, Watchlist, mask
 from deals.framework.agent import Agent
 from deals.framework.errors import ConfigError, DealsError, NotifyError, PermanentNotifyError
 from deals.framework.models import Opportunity, utcnow
-from deals.framework.settings import Settings
+from deals.framework.settings import Settings, quiet_window
 from deals.memory.history import PriceContext
 from deals.memory.store import AlertRow, Store
 
@@ -197,13 +197,6 @@ class MessengerReport(BaseModel):
     errors: list[str] = Field(default_factory=list)
 
 
-def _clock_time(value: str, key: str) -> dtime:
-    hours, minutes = (int(part) for part in value.split(":"))
-    if not (0 <= hours < 24 and 0 <= minutes < 60):
-        raise ConfigError(f"messenger.{key}: {value!r} is not a time of day (HH:MM, 00:00-23:59)")
-    return dtime(hours, minutes)
-
-
 class Messenger(Agent):
     """Turns opportunities into alerts and delivers them through the outbox."""
 
@@ -229,12 +222,10 @@ class Messenger(Agent):
             self.zone = ZoneInfo(self.config.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ConfigError(f"messenger.timezone: unknown IANA time zone {self.config.timezone!r}") from exc
-        start, end = self.config.quiet_start, self.config.quiet_end
-        if (start is None) != (end is None):
-            raise ConfigError("messenger.quiet_start and messenger.quiet_end must be set together")
-        self.quiet_hours = (
-            (_clock_time(start, "quiet_start"), _clock_time(end, "quiet_end")) if start and end and start != end else None
-        )
+        try:
+            self.quiet_hours = quiet_window(self.config.quiet_start, self.config.quiet_end)
+        except ValueError as exc:
+            raise ConfigError(f"messenger quiet hours: {exc}") from exc
         self.notifier = notifier or build_notifier(self.config, environ, timeout_s=self.config.timeout_s, logger=self.log)
         self._refresh()
         if not self.recipients:
@@ -248,8 +239,10 @@ class Messenger(Agent):
         self._quiet_of: dict[str, tuple[dtime, dtime] | None] = {}
         for person in self.watchlist.recipients.values():
             if person.quiet_start and person.quiet_end:
-                window = (_clock_time(person.quiet_start, "quiet_start"), _clock_time(person.quiet_end, "quiet_end"))
-                self._quiet_of[person.number] = window if window[0] != window[1] else None
+                try:
+                    self._quiet_of[person.number] = quiet_window(person.quiet_start, person.quiet_end)
+                except ValueError as exc:
+                    raise ConfigError(f"quiet hours of {mask(person.number)}: {exc}") from exc
 
     def _targets(self, opportunity_id: int, opp: Opportunity) -> list[tuple[str, str]]:
         """(recipient, why) for an opportunity: its stored routes, else routed now (and stored)."""
@@ -451,7 +444,7 @@ class Messenger(Agent):
         if not self.store.mark_alert(alert.id, "skipped", error=reason, at=self.clock(), expect="queued"):
             return  # another daemon claimed it meanwhile (and may have sent it): not ours to skip
         report.skipped += 1
-        self.log.warning("alert %d to %s skipped: %s", alert.id, _mask(alert.recipient), reason)
+        self.log.warning("alert %d to %s skipped: %s", alert.id, mask(alert.recipient), reason)
 
     def _send(self, alert: AlertRow, report: MessengerReport, *, cap: tuple[int, datetime]) -> str:
         """Claim and deliver one alert with retries: 'sent', 'failed', 'taken', 'capped' or 'unknown' (left in 'sending').
@@ -499,7 +492,7 @@ class Messenger(Agent):
                 self.store.mark_alert(alert.id, "failed", error=str(exc), at=self.clock())
                 report.failed += 1
                 report.errors.append(str(exc))
-                self.log.error("alert %d to %s failed: %s", alert.id, _mask(alert.recipient), exc)
+                self.log.error("alert %d to %s failed: %s", alert.id, mask(alert.recipient), exc)
                 return "failed"
             except NotifyError as exc:
                 last = exc
@@ -510,20 +503,13 @@ class Messenger(Agent):
             self.store.end_send(send_id, "sent", provider_id=sid, at=self.clock())
             self.store.mark_alert(alert.id, "sent", provider_id=sid, at=self.clock())
             report.sent += 1
-            self.log.info("alert %d sent to %s (%s)", alert.id, _mask(alert.recipient), sid)
+            self.log.info("alert %d sent to %s (%s)", alert.id, mask(alert.recipient), sid)
             return "sent"
         error = f"{last} (outcome unknown; checked with the provider next cycle)"
         self.store.mark_alert(alert.id, "sending", error=error, at=self.clock(), count_attempt=False)
         report.unknown += 1
         report.errors.append(str(last))
         return "unknown"
-
-
-def _mask(recipient: str) -> str:
-    """A phone number with all but its last four digits hidden, for logs."""
-    if len(recipient) <= 4 or not recipient.lstrip("+").isdigit():
-        return recipient
-    return "*" * (len(recipient) - 4) + recipient[-4:]
 
 
 __all__ = ["Messenger", "MessengerReport", "alert_body", "alert_notes", "format_alert", "gsm7_length", "money", "to_gsm7"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from deals.framework.models import Deal, Estimate
-from deals.framework.settings import RecipientSettings, Settings, WatchRule
+from deals.framework.settings import RecipientSettings, Settings, WatchRule, quiet_window
 from deals.memory.watches import watch_label
 from deals.pricer.alerts import AlertRule, alerts_at
 
@@ -177,19 +177,17 @@ def parse_quiet(text: str) -> tuple[str, str]:
     if not match:
         raise ValueError(f"{text!r} is not quiet hours (HH:MM-HH:MM, e.g. 22:00-07:00)")
     start, end = match.groups()
-    for value in (start, end):
-        hours, minutes = int(value[:2]), int(value[3:])
-        if not (hours < 24 and minutes < 60):
-            raise ValueError(f"{value!r} is not a time of day (00:00-23:59)")
+    quiet_window(start, end)
     return start, end
 
 
 def mask(number: str | None) -> str:
-    """A phone number with all but its last 4 characters hidden ('********0001')."""
+    """A phone number with all but its last 4 digits hidden ('********0001'), for pages and
+    logs; a recipient that is no phone number (the console) is shown as it is."""
     text = str(number or "")
-    if len(text) <= 4:
-        return "*" * len(text)
-    return "*" * (len(text) - 4) + text[-4:]
+    if not text.lstrip("+").isdigit():
+        return text
+    return "*" * len(text) if len(text) <= 4 else "*" * (len(text) - 4) + text[-4:]
 
 
 __all__ = ["GENERAL", "Recipient", "Watch", "Watchlist", "mask", "parse_quiet"]

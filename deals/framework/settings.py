@@ -24,6 +24,8 @@ A bad value raises `ConfigError` naming the dotted key and the file or variable.
 from __future__ import annotations
 
 import os
+import re
+from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -310,14 +312,23 @@ class WatchRule(Section):
         return self
 
 
-def _check_quiet(start: str | None, end: str | None) -> None:
+def clock_time(value: str) -> dtime:
+    """'HH:MM' (00:00-23:59) as a time of day; ValueError otherwise."""
+    match = re.fullmatch(r"(\d\d):(\d\d)", str(value).strip())
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise ValueError(f"{value!r} is not a time of day (HH:MM, 00:00-23:59)")
+    return dtime(int(match[1]), int(match[2]))
+
+
+def quiet_window(start: str | None, end: str | None) -> tuple[dtime, dtime] | None:
+    """Quiet hours as (start, end) times of day (may span midnight); None when unset or empty
+    (start == end). ValueError for a bad time or only one of the two."""
     if (start is None) != (end is None):
         raise ValueError("quiet_start and quiet_end must be set together")
-    for value in (start, end):
-        if value is not None:
-            hours, minutes = (int(part) for part in value.split(":"))
-            if not (0 <= hours < 24 and 0 <= minutes < 60):
-                raise ValueError(f"{value!r} is not a time of day (HH:MM, 00:00-23:59)")
+    if start is None or end is None:
+        return None
+    window = (clock_time(start), clock_time(end))
+    return window if window[0] != window[1] else None
 
 
 class RecipientSettings(Section):
@@ -331,7 +342,7 @@ class RecipientSettings(Section):
 
     @model_validator(mode="after")
     def _check(self) -> RecipientSettings:
-        _check_quiet(self.quiet_start, self.quiet_end)
+        quiet_window(self.quiet_start, self.quiet_end)
         return self
 
 
@@ -362,13 +373,18 @@ class MessengerSettings(Section):
     base_url: str | None = Field(None, description="Twilio API base URL (proxies, tests); null = https://api.twilio.com")
     max_chars: int = Field(306, ge=70, le=1600, description="longest message sent (306 = two SMS segments, shown as one)")
     daily_cap: int = Field(10, ge=0, description="alerts sent per local day at most")
-    quiet_start: str | None = Field(None, pattern=r"^\d\d:\d\d$", description="start of quiet hours (HH:MM), alerts wait until they end")
-    quiet_end: str | None = Field(None, pattern=r"^\d\d:\d\d$", description="end of quiet hours (HH:MM)")
+    quiet_start: str | None = Field(None, pattern=_CLOCK, description="start of quiet hours (HH:MM), alerts wait until they end")
+    quiet_end: str | None = Field(None, pattern=_CLOCK, description="end of quiet hours (HH:MM)")
     timezone: str = Field("UTC", description="IANA time zone for quiet hours and the daily cap")
     max_attempts: int = Field(4, ge=1, le=20, description="send attempts per alert on transient errors")
     retry_base_s: float = Field(1.0, ge=0, description="first retry wait; doubles per attempt")
     max_age_hours: float = Field(24.0, gt=0, description="alerts still unsent after this long are skipped as stale")
     timeout_s: float = Field(15.0, gt=0, description="HTTP timeout of Twilio API calls")
+
+    @model_validator(mode="after")
+    def _check(self) -> MessengerSettings:
+        quiet_window(self.quiet_start, self.quiet_end)
+        return self
 
 
 class DashboardSettings(Section):
