@@ -438,3 +438,18 @@ def test_threads_share_one_store_and_another_connection_reads_meanwhile(store_ta
     assert reader.unseen([f"w{w}-{i}" for w in range(4) for i in range(25)]) == []
     store.close()
     reader.close()
+
+
+def test_a_postgresql_restart_costs_one_failed_call_and_loses_nothing(postgres, pg_url, clock):
+    """The daemon runs for weeks; the server it writes to restarts under it (an upgrade, a
+    failover). The call that meets the dead connection fails with a clear StoreError, the
+    next one opens a new connection, and everything written before the restart is there."""
+    with Store(pg_url, clock=clock) as store:
+        before = store.save_opportunity(opportunity("before"))
+        postgres.restart()
+        try:  # the old connection may or may not notice at once; either way no crash, no loss
+            store.save_opportunity(opportunity("during"))
+        except StoreError as exc:
+            assert "connection to PostgreSQL was lost" in str(exc) and "opened again" in str(exc)
+        after = store.save_opportunity(opportunity("after"))
+        assert {before, after} <= {row.id for row in store.history(limit=10)}
