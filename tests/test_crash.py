@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from deals.agents.messenger import alert_body
-from deals.pricer.alerts import AlertRule, alert_below, alerts_at
+from deals.pricer.alerts import AlertRule, alerts_at
 from deals.framework.settings import Settings
 from deals.memory.store import Store
 from tests.fakes.daemon import FEEDS, REPO, TrippingTwilio, clean_env, copy_home, scanner_reply, seeded_home_template, serve_feeds, write_config

@@ -47,7 +47,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from deals.framework.dburl import is_postgresql, password_of, redact, sqlite_path
 from deals.framework.errors import DealsError

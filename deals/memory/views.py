@@ -16,7 +16,6 @@ so pages stay fast as history grows (benchmarks/bench_dashboard.py).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any

@@ -74,19 +74,7 @@ class KnnPricer(Pricer):
         """The k nearest products per description, and how many were excluded as the item itself."""
         if not descriptions:
             return []
-        vectors = self.encoder.encode(list(descriptions))
-        k = self.knn.k
-        found = self.store.query(vectors, k + (_EXTRA if exclude_exact else 0))
-        out = []
-        for text, candidates in zip(descriptions, found, strict=True):
-            excluded = 0
-            if exclude_exact:
-                own = text_key(text)
-                kept = [n for n in candidates if n.id != own and n.similarity < EXACT_SIMILARITY]
-                excluded = len(candidates) - len(kept)
-                candidates = kept
-            out.append((candidates[:k], excluded))
-        return out
+        return nearest(self.store, self.encoder.encode(list(descriptions)), descriptions, self.knn.k, exclude_exact=exclude_exact)
 
     def price_many(self, descriptions: Sequence[str], *, exclude_exact: bool = False) -> list[Estimate]:
         estimates = []
@@ -103,6 +91,25 @@ class KnnPricer(Pricer):
 
     def price(self, description: str, *, exclude_exact: bool = False) -> Estimate:
         return self.price_many([description], exclude_exact=exclude_exact)[0]
+
+
+def nearest(
+    store: VectorStore, vectors: np.ndarray, texts: Sequence[str], k: int, *, exclude_exact: bool = False
+) -> list[tuple[list[Neighbour], int]]:
+    """The k nearest catalogue products per text (its vector in `vectors`), and how many were
+    left out as the item itself (same text key, or similarity >= EXACT_SIMILARITY) when
+    `exclude_exact`: held-out evaluation must not find the answer in the catalogue."""
+    found = store.query(vectors, k + (_EXTRA if exclude_exact else 0))
+    out = []
+    for text, candidates in zip(texts, found, strict=True):
+        excluded = 0
+        if exclude_exact:
+            own = text_key(text)
+            kept = [n for n in candidates if n.id != own and n.similarity < EXACT_SIMILARITY]
+            excluded = len(candidates) - len(kept)
+            candidates = kept
+        out.append((candidates[:k], excluded))
+    return out
 
 
 @register("knn")

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deals.framework.errors import PricingError
-from deals.framework.models import Estimate, Neighbour, text_key
+from deals.framework.models import Estimate, text_key
 from deals.pricer.base import Pricer, clamp, register
 from deals.pricer.features import K_NEIGHBOURS, NEIGHBOUR_FEATURES
 from deals.pricer.intervals import with_quantiles
-from deals.pricer.knn import EXACT_SIMILARITY
+from deals.pricer.knn import nearest
 from deals.pricer.local_fit import LocalModel, member_features
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHOWN_NEIGHBOURS = 10
-_EXTRA = 5
 _KNN_COLUMN = NEIGHBOUR_FEATURES.index("knn_top10")
 
 
@@ -97,19 +96,6 @@ class LocalPricer(Pricer):
         ridge = load_or_fit(settings, encoder, progress=progress)
         return cls(store, encoder, ridge, model, settings.pricing)
 
-    def _neighbours(self, vectors: np.ndarray, texts: Sequence[str], exclude_exact: bool) -> list[tuple[list[Neighbour], int]]:
-        found = self.store.query(vectors, K_NEIGHBOURS + (_EXTRA if exclude_exact else 0))
-        out = []
-        for text, candidates in zip(texts, found, strict=True):
-            excluded = 0
-            if exclude_exact:
-                own = text_key(text)
-                kept = [n for n in candidates if n.id != own and n.similarity < EXACT_SIMILARITY]
-                excluded = len(candidates) - len(kept)
-                candidates = kept
-            out.append((candidates[:K_NEIGHBOURS], excluded))
-        return out
-
     def price_many(self, descriptions: Sequence[str], *, exclude_exact: bool = False) -> list[Estimate]:
         texts = list(descriptions)
         if not texts:
@@ -122,7 +108,7 @@ class LocalPricer(Pricer):
                     f"held-out (first: {known[0][:60]!r})"
                 )
         vectors = self.encoder.encode(texts)
-        found = self._neighbours(vectors, texts, exclude_exact)
+        found = nearest(self.store, vectors, texts, K_NEIGHBOURS, exclude_exact=exclude_exact)
         sims = np.full((len(texts), K_NEIGHBOURS), np.nan)
         prices = np.full((len(texts), K_NEIGHBOURS), np.nan)
         for i, (neighbours, _) in enumerate(found):
