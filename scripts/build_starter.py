@@ -63,6 +63,7 @@ from deals.pricer.catalogue import (  # noqa: E402
 from deals.pricer.curation import _unit_hash  # noqa: E402
 from deals.pricer.data import curate, load_many, save_products, summary_dict  # noqa: E402
 from deals.pricer.features import K_NEIGHBOURS, neighbour_features  # noqa: E402
+from deals.pricer.intervals import weighted_quantile  # noqa: E402
 from deals.pricer.local_fit import (  # noqa: E402
     DEAL_PRICE_SHARES,
     QUANTILE_LEVELS,
@@ -120,9 +121,7 @@ def residual_quantiles(log_estimates: np.ndarray, prices: np.ndarray) -> list[fl
     """Deal-weighted quantiles of log(true / estimate) at QUANTILE_LEVELS: a pricer's conformal interval."""
     residual = np.log(prices) - log_estimates
     weights = deal_prior_weights(prices)
-    order = np.argsort(residual)
-    cumulative = np.cumsum(weights[order]) / weights.sum()
-    return [round(float(residual[order][min(int(np.searchsorted(cumulative, q)), len(residual) - 1)]), 4) for q in QUANTILE_LEVELS]
+    return [round(weighted_quantile(residual, weights, q), 4) for q in QUANTILE_LEVELS]
 
 
 def main() -> None:

@@ -59,6 +59,7 @@ from deals.framework.files import atomic_write_text
 from deals.framework.models import Estimate, utcnow
 from deals.framework.settings import EvaluationSettings
 from deals.pricer.base import Pricer, create_pricer
+from deals.pricer.intervals import weighted_quantile
 from deals.pricer.local_fit import QUANTILE_LEVELS, deal_prior_weights
 
 if TYPE_CHECKING:
@@ -275,12 +276,6 @@ def _folds(n: int, folds: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % folds
 
 
-def _weighted_quantile(values: np.ndarray, w: np.ndarray, q: float) -> float:
-    order = np.argsort(values)
-    cumulative = np.cumsum(w[order]) / w.sum()
-    return float(values[order][min(int(np.searchsorted(cumulative, q)), len(values) - 1)])
-
-
 def _shape_table(shapes: Mapping[str, Sequence[Sequence[float] | None]] | None, name: str, n: int) -> np.ndarray | None:
     if not shapes or name not in shapes:
         return None
@@ -371,7 +366,7 @@ def fit_blend(
             usable = np.isfinite(base).all(axis=1)
             residual = np.log(y)[:, None] - oof_log[:, None] - base
             offsets = (
-                [round(_weighted_quantile(residual[usable, j], w[usable], q), 5) for j, q in enumerate(QUANTILE_LEVELS)]
+                [round(weighted_quantile(residual[usable, j], w[usable], q), 5) for j, q in enumerate(QUANTILE_LEVELS)]
                 if usable.sum() >= MIN_ROWS
                 else []
             )

@@ -3,6 +3,8 @@
     with_quantiles(estimate, levels, log_quantiles, settings)   -> a copy carrying the
         distribution, its median as the price and the interval at `pricing.interval_level`
     quantile_at(levels, log_quantiles, level)                   -> one level, interpolated
+    weighted_quantile(values, weights, q)                       -> the q-quantile of weighted
+        samples (how every conformal shift and residual quantile is fitted)
     residual_quantiles(pricer)                                  -> the shipped validation
         residuals of a pricer that has no distribution of its own (kNN, ridge): its estimate
         times exp(residual quantile) is a split-conformal interval
@@ -24,6 +26,14 @@ from deals.framework.models import Estimate, Quantile
 
 if TYPE_CHECKING:
     from deals.framework.settings import PricingSettings
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The q-quantile of `values` with sample `weights` (the lowest value whose cumulative
+    weight reaches q)."""
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order]) / weights.sum()
+    return float(values[order][min(int(np.searchsorted(cumulative, q)), len(values) - 1)])
 
 
 def quantile_at(levels: Sequence[float], log_quantiles: Sequence[float], level: float) -> float:

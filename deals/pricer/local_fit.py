@@ -51,6 +51,7 @@ import numpy as np
 from deals.framework.files import atomic_path
 from deals.framework.models import Product
 from deals.pricer.features import FEATURE_NAMES, K_NEIGHBOURS, neighbour_features, text_features
+from deals.pricer.intervals import weighted_quantile
 from deals.pricer.metrics import BUCKET_EDGES, BUCKET_LABELS
 from deals.pricer.trees import Forest
 
@@ -188,12 +189,6 @@ def member_features(texts: Sequence[str], sims: np.ndarray, prices: np.ndarray, 
     return np.column_stack([neighbour_features(sims, prices), np.asarray(ridge_log, dtype=np.float64), text_features(texts)])
 
 
-def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    order = np.argsort(values)
-    cumulative = np.cumsum(weights[order]) / weights.sum()
-    return float(values[order][min(int(np.searchsorted(cumulative, q)), len(values) - 1)])
-
-
 # --------------------------------------------------------------------------- fitting
 
 
@@ -276,7 +271,7 @@ def fit_local_model(
     cal_prices = prices[mask]
     cal_weights = deal_prior_weights(cal_prices)
     residual = y[mask][:, None] - raw[mask]
-    shifts = np.array([_weighted_quantile(residual[:, j], cal_weights, level) for j, level in enumerate(QUANTILE_LEVELS)])
+    shifts = np.array([weighted_quantile(residual[:, j], cal_weights, level) for j, level in enumerate(QUANTILE_LEVELS)])
     model = LocalModel(levels=QUANTILE_LEVELS, forests=forests, shifts=shifts)
     model.meta = {
         "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
