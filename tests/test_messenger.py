@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from tests.fakes.twilio_server import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
 from deals.agents import notifiers
-from deals.agents.messenger import Messenger, format_alert, gsm7_length, money, to_gsm7
+from deals.agents.messenger import Messenger, format_alert, gsm7_length, to_gsm7
+from deals.framework.text import money
 from deals.agents.notifiers import ConsoleNotifier, TwilioNotifier
 from deals.framework.errors import ConfigError, PermanentNotifyError, TransientNotifyError
 from deals.framework.models import Deal, Estimate, Opportunity

@@ -72,6 +72,7 @@ from deals.agents.watchlist import Recipient, Watchlist, mask
 from deals.framework.agent import Agent
 from deals.framework.errors import ConfigError, DealsError, NotifyError, PermanentNotifyError
 from deals.framework.models import Opportunity, utcnow
+from deals.framework.text import money
 from deals.framework.settings import Settings, quiet_window
 from deals.memory.history import PriceContext
 from deals.memory.store import AlertRow, Store
@@ -108,12 +109,6 @@ def to_gsm7(text: str) -> str:
 def gsm7_length(text: str) -> int:
     """Length in GSM-7 septets (extension characters count two)."""
     return sum(2 if c in GSM7_EXTENDED else 1 for c in text)
-
-
-def money(value: float) -> str:
-    """$1,234 for whole dollars, else $1,234.56."""
-    text = f"{value:,.2f}"
-    return "$" + (text[:-3] if text.endswith(".00") else text)
 
 
 def _cut(text: str, budget: int) -> str:
@@ -512,4 +507,4 @@ class Messenger(Agent):
         return "unknown"
 
 
-__all__ = ["Messenger", "MessengerReport", "alert_body", "alert_notes", "format_alert", "gsm7_length", "money", "to_gsm7"]
+__all__ = ["Messenger", "MessengerReport", "alert_body", "alert_notes", "format_alert", "gsm7_length", "to_gsm7"]

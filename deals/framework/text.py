@@ -13,6 +13,8 @@ rich, which crashes on a stray `[/red]`.
                             for table cells and prints
     escape_markup(text)     the stripped text with rich markup escaped, for strings that
                             are printed as markup (error messages with a file name)
+    money(value)            $1,234 for whole dollars, else $1,234.56; '-' for None (one
+                            way to write a price in texts, tables and pages)
 
 The feed parser strips controls when it reads an entry (so they are never stored) and
 every face strips and escapes again when it shows text (rows stored before, catalogue
@@ -55,3 +57,11 @@ def escape_markup(text: object) -> str:
 
 
 __all__ = ["escape_markup", "plain", "strip_controls"]
+
+
+def money(value: float | None) -> str:
+    """$1,234 for whole dollars, else $1,234.56; '-' for None."""
+    if value is None:
+        return "-"
+    text = f"{value:,.2f}"
+    return "$" + (text[:-3] if text.endswith(".00") else text)

@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from deals.framework.models import Deal, FeedEntry
+from deals.framework.text import money
 
 NOT_SINGLE = "not a single product"
 PRICING_FAILED = "pricing failed"
@@ -76,12 +77,7 @@ class PriceContext(BaseModel):
         """'lowest seen in 30 days: $X' (or '' with no other sighting)."""
         if self.lowest is None:
             return ""
-        return f"lowest seen in {WINDOW_DAYS} days: {_money(self.lowest)}"
-
-
-def _money(value: float) -> str:
-    text = f"{value:,.2f}"
-    return "$" + (text[:-3] if text.endswith(".00") else text)
+        return f"lowest seen in {WINDOW_DAYS} days: {money(self.lowest)}"
 
 
 class EntriesMixin:

@@ -68,6 +68,7 @@ from deals.framework.files import atomic_path, atomic_write_text
 from deals.framework.errors import BudgetExhausted, DealsError, PricingError
 from deals.framework.models import Estimate, Product, utcnow
 from deals.framework.settings import EvaluationSettings, PlannerSettings
+from deals.framework.text import money
 from deals.pricer.alerts import AlertMetrics, AlertRule, alert_range, simulate_offers
 from deals.pricer.base import Pricer
 from deals.pricer.metrics import Metrics, Outcome, classify, compute_metrics
@@ -369,10 +370,6 @@ def compare(
 # --------------------------------------------------------------------------- tables
 
 
-def _money(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.2f}"
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -395,7 +392,7 @@ def render_table(reports: Sequence[EvaluationReport]) -> Table:
             cells = [str(report.n), "-", "-", "-"]
         else:
             lo, hi = m.mae_ci95
-            mae = f"{_money(m.mae)} ({_money(lo)}-{_money(hi)})"
+            mae = f"{money(m.mae)} ({money(lo)}-{money(hi)})"
             cells = [str(m.n), f"[green]{mae}[/]" if m.mae == best else mae, f"{m.rmsle:.3f}", f"{100 * m.hit_rate:.1f}"]
         cover = "-" if report.interval_coverage is None else f"{_pct(report.interval_coverage)} of {_pct(report.interval_level)}"
         cells += [f"{_pct(report.alert_precision)} / {_pct(report.alert_recall)}", cover]
@@ -441,8 +438,8 @@ def render_buckets(report: EvaluationReport) -> Table:
     for column in ("n", "MAE", "RMSLE", "Hit %", "Bias"):
         table.add_column(column, justify="right")
     for b in report.metrics.buckets if report.metrics else []:
-        bias = f"{'+' if b.bias >= 0 else '-'}{_money(abs(b.bias))}"
-        table.add_row(b.bucket, str(b.n), _money(b.mae), f"{b.rmsle:.3f}", f"{100 * b.hit_rate:.1f}", bias)
+        bias = f"{'+' if b.bias >= 0 else '-'}{money(abs(b.bias))}"
+        table.add_row(b.bucket, str(b.n), money(b.mae), f"{b.rmsle:.3f}", f"{100 * b.hit_rate:.1f}", bias)
     return table
 
 

@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deals.framework.text import money
 from deals.pricer.train_config import PRESETS, TrainConfig, dump_yaml, load_train_config, read_yaml
 
 
@@ -36,9 +37,6 @@ def summary_table(result: Any, config: TrainConfig) -> Table:
     table = Table(title="deals train", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-
-    def money(value: float | None) -> str:
-        return "-" if value is None else f"${value:,.2f}"
 
     metrics = result.metrics or {}
     rows = [

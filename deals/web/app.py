@@ -48,10 +48,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from deals.agents.messenger import money as dollars
 from deals.agents.watchlist import Watchlist, mask, parse_quiet
 from deals.framework.errors import DealsError
 from deals.framework.settings import Settings, WatchRule, check_feed_url, e164
+from deals.framework.text import money
 from deals.memory.history import DECISIONS
 from deals.memory.store import ALERT_STATES, Store, to_text
 from deals.memory.views import DealFilter
@@ -66,10 +66,6 @@ MAX_PAGE = 100_000
 
 
 # --------------------------------------------------------------------------- template helpers
-
-
-def money(value: float | None) -> str:
-    return "-" if value is None else dollars(value)
 
 
 def safe_href(url: str | None) -> str:
@@ -500,4 +496,4 @@ def create_app(settings: Settings, *, token: str | None = None, bind_host: str |
     return app
 
 
-__all__ = ["Dashboard", "create_app", "money", "safe_href"]
+__all__ = ["Dashboard", "create_app", "safe_href"]
