@@ -87,7 +87,7 @@ def curve_table(report) -> Table:  # type: ignore[no-untyped-def]
 
 def weighted(report, estimates, rule) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """MAE, RMSLE, bias by bucket and alert precision/recall with deal-prior weights."""
-    from deals.pricer.alerts import OFFER_FRACTIONS, alerts_at
+    from deals.pricer.alerts import OFFER_FRACTIONS, alerts_at, real_deals
     from deals.pricer.local_fit import deal_prior_weights
     from deals.pricer.metrics import bucket_of
 
@@ -96,7 +96,7 @@ def weighted(report, estimates, rule) -> dict[str, float]:  # type: ignore[no-un
     w = deal_prior_weights(t)
     w = w / w.sum()
     offers = t[:, None] * np.array(OFFER_FRACTIONS)[None, :]
-    real = (t[:, None] - offers >= np.maximum(rule.min_abs, rule.min_rel * t)[:, None]) & (offers < t[:, None])
+    real = real_deals(offers, t[:, None], rule.min_abs, rule.min_rel)
     alerted = np.array([alerts_at(est, row, rule) for est, row in zip(estimates, offers, strict=True)])
     tp, fp, fn = (w[:, None] * (alerted & real)).sum(), (w[:, None] * (alerted & ~real)).sum(), (w[:, None] * (~alerted & real)).sum()
     out = {

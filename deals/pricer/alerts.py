@@ -73,10 +73,16 @@ class AlertRule(BaseModel):
         )
 
 
+def real_deals(prices: np.ndarray, values: np.ndarray, min_abs: float, min_rel: float) -> np.ndarray:
+    """Elementwise (broadcasting): the offer at `prices` on a product worth `values` saves
+    something, at least `min_abs` dollars AND at least `min_rel` of the value."""
+    discount = values - prices
+    return (discount > 0) & (discount >= np.maximum(min_abs, min_rel * values))
+
+
 def is_real_deal(price: float, value: float, min_abs: float, min_rel: float) -> bool:
-    """Both thresholds: saves at least `min_abs` dollars AND at least `min_rel` of `value`."""
-    discount = value - price
-    return discount > 0 and discount >= min_abs and discount >= min_rel * value
+    """`real_deals` for one offer."""
+    return bool(real_deals(np.float64(price), np.float64(value), min_abs, min_rel))
 
 
 def point_alert_below(value: float, min_abs: float, min_rel: float) -> float:
@@ -108,9 +114,9 @@ def alert_below(estimate: Estimate, rule: AlertRule) -> float:
     if values is None:
         return point_alert_below(estimate.price, rule.min_abs, rule.min_rel)
     depth = np.linspace(rule.deal_depth[0], rule.deal_depth[1], _DEPTH_POINTS)
-    offers = (values[:, None] * depth[None, :]).ravel()
-    real = (values[:, None] - offers.reshape(len(values), -1) >= np.maximum(rule.min_abs, rule.min_rel * values[:, None])).ravel()
-    real &= offers < np.repeat(values, len(depth))
+    grid = values[:, None] * depth[None, :]
+    real = real_deals(grid, values[:, None], rule.min_abs, rule.min_rel).ravel()
+    offers = grid.ravel()
     order = np.argsort(offers, kind="stable")
     penalty = rule.confidence / (1.0 - rule.confidence)
     gain = np.cumsum(np.where(real[order], 1.0, -penalty))
@@ -200,7 +206,7 @@ def score_offers(truths: np.ndarray, alerted: np.ndarray, rule: AlertRule, fract
 
     t, f = truths, fractions
     offers = t[:, None] * f[None, :]
-    real = (t[:, None] - offers >= np.maximum(rule.min_abs, rule.min_rel * t)[:, None]) & (offers < t[:, None])
+    real = real_deals(offers, t[:, None], rule.min_abs, rule.min_rel)
 
     def counts(mask: np.ndarray) -> tuple[int, int, int]:
         return int((alerted & real)[mask].sum()), int((alerted & ~real)[mask].sum()), int((~alerted & real)[mask].sum())
@@ -238,6 +244,7 @@ __all__ = [
     "alerts_at",
     "distribution_samples",
     "is_real_deal",
+    "real_deals",
     "plausible_from",
     "point_alert_below",
     "score_offers",
