@@ -363,3 +363,36 @@ def test_run_with_dashboard_hands_the_dashboard_to_the_daemon(deals_home, monkey
     assert [type(s) for s in seen["services"]] == [DashboardThread]
     monkeypatch.setenv("DEALS_DASHBOARD__HOST", "0.0.0.0")
     assert run_cli(["run", "--once", "--dashboard"]) == 2  # refused before the daemon starts: no token
+
+
+def test_requests_arriving_together_open_the_store_once(store, monkeypatch):
+    """The handlers run on a thread pool; the first requests of a fresh server arrive at once."""
+    import threading
+    import time
+
+    from deals.web import app as web
+
+    opened: list[Store] = []
+    real_init = Store.__init__
+
+    def counting_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(self)
+        time.sleep(0.05)  # opening takes a while (migrations, a network round trip): the others arrive meanwhile
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "__init__", counting_init)
+    dashboard = web.Dashboard(Settings(), store.path, Guard(bind_host="127.0.0.1", token=None))
+    start = threading.Barrier(8)
+    seen: list[Store] = []
+
+    def first_request() -> None:
+        start.wait()
+        seen.append(dashboard.store)
+
+    threads = [threading.Thread(target=first_request) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(opened) == 1 and len({id(s) for s in seen}) == 1
+    dashboard.close()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta, timezone
@@ -143,18 +144,23 @@ class Dashboard:
         self.guard = guard
         self.templates = Jinja2Templates(env=_env())
         self._store: Store | None = None
+        self._opening = threading.Lock()
 
     @property
     def store(self) -> Store:
+        """The store, opened on first use (the handlers run on a thread pool: opened once)."""
         if self._store is None:
-            # store.url (PostgreSQL, or a SQLite URL) when set, else deals.db under DEALS_HOME
-            self._store = Store(self.store_path) if self.store_path else Store.open_default(self.settings)
+            with self._opening:
+                if self._store is None:
+                    # store.url (PostgreSQL, or a SQLite URL) when set, else deals.db under DEALS_HOME
+                    self._store = Store(self.store_path) if self.store_path else Store.open_default(self.settings)
         return self._store
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        with self._opening:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
     # ---------------------------------------------------------------- rendering
 
