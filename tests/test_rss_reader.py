@@ -392,6 +392,30 @@ def test_network_errors_and_unexpected_exceptions_stay_inside_read():
     client.close()
 
 
+def test_one_dns_question_per_host_for_a_feed_and_its_redirect():
+    """The guard's check and the pinned fetch share one answer (and so cannot disagree)."""
+    recent = RECENT.read_bytes()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["host"] == "old.example":
+            return httpx.Response(301, headers={"Location": "https://new.example/rss"})
+        return httpx.Response(200, content=recent, headers={"Content-Type": "application/rss+xml"})
+
+    asked: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["93.184.215.14"]
+
+    client = make_client(timeout_s=1, user_agent="t", transport=httpx.MockTransport(handler))
+    reader = RssReader(make_settings(), client=client, clock=Clock(), resolve=resolve)
+    result = reader.read(["https://old.example/rss"], {})
+    assert result.feed_results[0].status == "ok" and len(result.entries) == 3
+    assert sorted(asked) == ["new.example", "old.example"]
+    reader.close()
+    client.close()
+
+
 def test_backoff_skips_failing_feeds_until_due_and_marks_them_unhealthy(feed_server, reader_for):  # noqa: F811
     url = feed_server.route("/flaky.xml", status=500)
     clock = Clock()

@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from deals.agents.feed_parsing import page_text, parse_feed
 from deals.framework.agent import Agent
 from deals.framework.errors import FetchError
-from deals.framework.http import Fetched, Resolver, UnsafeURLError, check_url, fetch_guarded, make_client
+from deals.framework.http import Fetched, Resolver, UnsafeURLError, check_url, fetch_guarded, make_client, resolve_host
 from deals.framework.models import FeedEntry, FeedState, utcnow
 from deals.framework.settings import Settings
 
@@ -220,15 +220,16 @@ class RssReader(Agent):
             headers["If-None-Match"] = state.etag
         if state.last_modified:
             headers["If-Modified-Since"] = state.last_modified
+        resolve = _resolving_once(self._resolve or resolve_host)  # the guard and the fetch ask DNS once
         response = fetch_guarded(
             self.client,
             url,
             max_bytes=self.feeds.max_bytes,
             timeout_s=self.feeds.timeout_s,
-            allow_private=self.feeds.allow_private_addresses or not self._is_public(url),
+            allow_private=self.feeds.allow_private_addresses or not self._is_public(url, resolve),
             truncate=False,
             headers=headers,
-            resolve=self._resolve,
+            resolve=resolve,
         )
         if response.status_code == 304:
             return self._succeeded(state, now, response), FeedResult(url=url, status="not_modified"), []
@@ -249,10 +250,10 @@ class RssReader(Agent):
         feed_result = FeedResult(url=url, status="ok", warning=parsed.warning, duplicates=len(ordered) - len(unique))
         return self._succeeded(state, now, response), feed_result, entries
 
-    def _is_public(self, url: str) -> bool:
+    def _is_public(self, url: str, resolve: Resolver) -> bool:
         """Whether a configured feed URL resolves to public addresses only (its redirects must too)."""
         try:
-            check_url(url, resolve=self._resolve)
+            check_url(url, resolve=resolve)
         except UnsafeURLError:
             return False
         return True
@@ -310,6 +311,18 @@ class RssReader(Agent):
             return entry
         details = f"{entry.details}\n\n{text}" if entry.details else text
         return entry.model_copy(update={"details": details})
+
+
+def _resolving_once(resolve: Resolver) -> Resolver:
+    """`resolve` with its answers kept: one DNS question per host for one feed read."""
+    answers: dict[tuple[str, int], Sequence[str]] = {}
+
+    def cached(host: str, port: int) -> Sequence[str]:
+        if (host, port) not in answers:
+            answers[(host, port)] = resolve(host, port)
+        return answers[(host, port)]
+
+    return cached
 
 
 __all__ = ["FeedResult", "ReadResult", "RssReader"]
