@@ -473,12 +473,11 @@ def store_status(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
 ) -> None:
     """The configured store: engine, where (password hidden), migrations, daemons and what they have claimed."""
-    from deals.memory.migrations import MIGRATIONS, applied_migrations
+    from deals.memory.migrations import MIGRATIONS
     from deals.memory.store import Store
 
     with Store.open_default(settings_of(ctx)) as store:
-        with store._lock:
-            applied = applied_migrations(store.db)
+        applied = store.migrations()
         status = {
             "engine": store.engine,
             "store": str(store.path),

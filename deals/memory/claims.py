@@ -38,13 +38,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
 from deals.framework.models import Deal
+from deals.memory.dialect import in_chunks
 
 log = logging.getLogger("deals.memory.claims")
 
@@ -79,13 +80,6 @@ def process_start(pid: int) -> float | None:
         return float(process.create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
-
-
-def in_chunks(keys: Sequence[str]) -> Iterator[tuple[list[str], str]]:
-    """`keys` in chunks of `_ROWS_PER_INSERT`, each with its `?,?,...` for an IN list."""
-    for start in range(0, len(keys), _ROWS_PER_INSERT):
-        chunk = list(keys[start : start + _ROWS_PER_INSERT])
-        yield chunk, ",".join("?" * len(chunk))
 
 
 class WorkerRow(BaseModel):
@@ -243,7 +237,7 @@ class Claims:
         won: list[str] = []
         now = self._now()
         worker = self.worker_id
-        for chunk, _ in in_chunks(keys):
+        for chunk, _ in in_chunks(keys, _ROWS_PER_INSERT):
             values = ", ".join("(?, ?, ?, ?)" for _ in chunk)
             params: list[Any] = []
             for key in chunk:
@@ -264,7 +258,7 @@ class Claims:
         self.reap_workers()
         with self.transaction() as db:
             others: set[str] = set()
-            for chunk, marks in in_chunks(urls):
+            for chunk, marks in in_chunks(urls, _ROWS_PER_INSERT):
                 rows = db.execute(
                     f"SELECT key, worker_id FROM claims WHERE kind = 'feed' AND key IN ({marks})", chunk
                 ).fetchall()
@@ -311,7 +305,7 @@ class Claims:
         On SQLite (one writer at a time) this finds nothing.
         """
         priced: set[str] = set()
-        for chunk, marks in in_chunks(keys):
+        for chunk, marks in in_chunks(keys, _ROWS_PER_INSERT):
             rows = db.execute(f"SELECT deal_key FROM estimates WHERE deal_key IN ({marks})", chunk).fetchall()
             priced.update(row[0] for row in rows)
         if priced:
@@ -341,7 +335,7 @@ class Claims:
             return
         texts = [str(key) for key in keys]
         with self.transaction() as db:
-            for chunk, marks in in_chunks(texts):
+            for chunk, marks in in_chunks(texts, _ROWS_PER_INSERT):
                 db.execute(
                     f"DELETE FROM claims WHERE kind = ? AND worker_id = ? AND key IN ({marks})", [kind, self._worker_id, *chunk]
                 )

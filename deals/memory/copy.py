@@ -101,9 +101,11 @@ def _rows(store: Store, table: str, columns: Sequence[str], key: Sequence[str], 
     return store._all(f"SELECT {cols} FROM {quote(table)} {where} ORDER BY {keys} LIMIT ?", [*params, limit])
 
 
-def _walk(store: Store, table: str, columns: Sequence[str], key: Sequence[str], chunk: int) -> Iterator[list[Any]]:
+def _walk(
+    store: Store, table: str, columns: Sequence[str], key: Sequence[str], chunk: int, after: list[Any] | None = None
+) -> Iterator[list[Any]]:
+    """The table's rows in primary key order, `chunk` at a time, starting after the key `after`."""
     positions = [list(columns).index(k) for k in key]
-    after: list[Any] | None = None
     while True:
         rows = _rows(store, table, columns, key, after, chunk)
         if not rows:
@@ -217,10 +219,7 @@ def _copy_table(
     per_insert = max(1, _MAX_PARAMS // len(columns))
     positions = [list(columns).index(k) for k in key]
     copied_now = 0
-    while True:
-        rows = _rows(source, table, columns, key, after, chunk_rows)
-        if not rows:
-            break
+    for rows in _walk(source, table, columns, key, chunk_rows, after):
         after = [rows[-1][i] for i in positions]
         with target.transaction() as db:
             for start in range(0, len(rows), per_insert):

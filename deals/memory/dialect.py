@@ -373,6 +373,16 @@ def quote(name: str) -> str:
     return f'"{name}"'
 
 
+IN_LIST_SIZE = 500  # keys per IN (...) list: well under SQLite's variable limit and PostgreSQL's
+
+
+def in_chunks(keys: Sequence[str], size: int = IN_LIST_SIZE) -> Iterator[tuple[list[str], str]]:
+    """`keys` in chunks of at most `size`, each with its `?,?,...` for an IN list or a VALUES row."""
+    for start in range(0, len(keys), size):
+        chunk = list(keys[start : start + size])
+        yield chunk, ",".join("?" * len(chunk))
+
+
 __all__ = [
     "Dialect",
     "NotPortable",
@@ -381,6 +391,7 @@ __all__ = [
     "Row",
     "SQLITE",
     "dialect_of",
+    "in_chunks",
     "is_postgresql",
     "password_of",
     "quote",

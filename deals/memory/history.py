@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from deals.framework.models import Deal, FeedEntry
 from deals.framework.text import money
+from deals.memory.dialect import in_chunks
 
 NOT_SINGLE = "not a single product"
 PRICING_FAILED = "pricing failed"
@@ -138,9 +139,7 @@ class EntriesMixin:
         """The recorded entries among `keys` (missing keys are left out)."""
         out: dict[str, EntryFacts] = {}
         ordered = list(dict.fromkeys(keys))
-        for start in range(0, len(ordered), 500):
-            chunk = ordered[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in in_chunks(ordered):
             for row in self._all(f"SELECT * FROM entries WHERE key IN ({marks})", chunk):
                 out[row["key"]] = self._facts(row)
         return out

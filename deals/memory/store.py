@@ -51,7 +51,7 @@ from deals.framework.errors import DealsError
 from deals.framework.models import Deal, Estimate, FeedEntry, FeedState, Neighbour, Opportunity, Quantile, utcnow
 from deals.framework.dburl import is_postgresql, password_of, redact, sqlite_path
 from deals.memory.claims import Claims
-from deals.memory.dialect import POSTGRESQL, RECIPIENT_LOCK, SQLITE, Dialect, PgConnection
+from deals.memory.dialect import POSTGRESQL, RECIPIENT_LOCK, SQLITE, Dialect, PgConnection, in_chunks
 from deals.memory.history import EntriesMixin
 from deals.memory.migrations import apply_migrations
 from deals.memory.views import ViewsMixin
@@ -59,7 +59,6 @@ from deals.memory.watches import WatchesMixin
 
 ALERT_STATES = ("queued", "sending", "sent", "failed", "skipped")
 log = logging.getLogger("deals.memory.store")
-_CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 
 
 
@@ -224,11 +223,6 @@ _STATE_COUNTS = ", ".join(
 )
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
 # --------------------------------------------------------------------------- store
 
 
@@ -321,6 +315,13 @@ class Store(Claims, EntriesMixin, WatchesMixin, ViewsMixin):
     def engine(self) -> str:
         """'sqlite' or 'postgresql'."""
         return self.dialect.name
+
+    def migrations(self) -> list[str]:
+        """The names of the migrations applied to this store, oldest first."""
+        from deals.memory.migrations import applied_migrations
+
+        with self._lock:
+            return applied_migrations(self.db)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -470,8 +471,7 @@ class Store(Claims, EntriesMixin, WatchesMixin, ViewsMixin):
         """The keys never marked seen, in the order given, duplicates dropped."""
         ordered = list(dict.fromkeys(keys))
         seen: set[str] = set()
-        for chunk in _chunks(ordered):
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in in_chunks(ordered):
             seen.update(row[0] for row in self._all(f"SELECT key FROM seen_entries WHERE key IN ({marks})", chunk))
         return [key for key in ordered if key not in seen]
 
