@@ -185,18 +185,28 @@ def test_no_secret_or_full_phone_number_is_rendered(engine_store, monkeypatch):
         {"messenger": {"to": [ALICE], "from_number": "+15550009999", "base_url": "https://user:hunter2@proxy.example/twilio?api_key=abc123"},
          "llm": {"base_url": "https://gw.example/v1?token=t0k3n"}}  # fmt: skip
     )
+    # errors name what failed: a keyed feed's URL, the recipient Twilio refused
+    keyed = "https://feeds.example/rss?api_key=FEEDKEY123"
+    engine_store.add_watch(BOB, WatchRule(keywords=["mouse"], feeds=[keyed]))
+    run = engine_store.start_run()
+    engine_store.finish_run(run, "ok", {"error_messages": [f"feed {keyed}: HTTP 503 (to {BOB})"]})
+    refused = engine_store.enqueue_alert(1, BOB, "body")
+    engine_store.mark_alert(refused, "failed", error=f"Twilio send: HTTP 400 (code 21211): The 'To' number {BOB} is not valid")
     c = client(settings, token=TOKEN)
     c.headers["authorization"] = f"Bearer {TOKEN}"
     for path in [*PAGES, "/opportunities/1"]:
         text = c.get(path).text
-        for secret in ("tw-secret", "sk-secret", TOKEN, "hunter2", "abc123", "t0k3n", ALICE, BOB, "+15550009999", "5551110001"):
+        for secret in ("tw-secret", "sk-secret", TOKEN, "hunter2", "abc123", "t0k3n", ALICE, BOB, "+15550009999", "5551110001", "FEEDKEY123"):
             assert secret not in text, (path, secret)
+    assert "********0002 is not valid" in c.get("/alerts").text and "feeds.example/rss" in c.get("/runs").text
     settings_page = c.get("/settings").text
     assert "********0001" in settings_page and "***@proxy.example" in settings_page
     assert re.search(r"TWILIO_AUTH_TOKEN</code></td><td><span class=\"badge s-sent\">set", settings_page)
     # a PostgreSQL store's password (store.url) is never shown either
     shown = redacted_settings(Settings.model_validate({"store": {"url": "postgresql://deals:pg-s3cr3t@db.example:5432/deals"}}))
     assert "pg-s3cr3t" not in shown and "db.example:5432/deals" in shown
+    # nor a password in a URL urllib cannot even split (a typo)
+    assert "s3cr3tpw" not in redacted_settings(Settings.model_validate({"vectors": {"url": "http://chroma:s3cr3tpw@[fd00::1/"}}))
 
 
 # --------------------------------------------------------------------------- pages, bad input, pagination
@@ -219,6 +229,7 @@ def test_opportunity_page_shows_why(engine_store):
         ("/deals?decision=bogus", 400, "unknown decision"),
         ("/alerts?state=bogus", 400, "unknown alert state"),
         ("/opportunities/abc", 404, "no opportunity"),
+        ("/opportunities/%C2%B2", 404, "no opportunity"),  # '²'.isdigit() is true; int('²') is not a number
         ("/opportunities/99999", 404, "no opportunity"),
         ("/product", 400, "which product"),
         ("/costs?days=0", 400, "days must be"),
@@ -396,3 +407,22 @@ def test_requests_arriving_together_open_the_store_once(store, monkeypatch):
         t.join()
     assert len(opened) == 1 and len({id(s) for s in seen}) == 1
     dashboard.close()
+
+
+def test_odd_form_numbers_are_refused_with_a_message_and_a_crash_page_keeps_the_headers(store, monkeypatch):
+    c = client()
+    token = csrf_of(c)
+    assert c.post("/watches/%C2%B2/remove", data={"csrf": token}).status_code in (200, 303)
+    for cap in ("\u00b2", "99999999999999999999999", "-1"):
+        page = c.post("/recipients", data={"csrf": token, "number": ALICE, "daily_cap": cap}, follow_redirects=True)
+        assert page.status_code == 200 and "is not a whole number" in page.text, cap
+    assert store.stored_recipients() == []  # nothing half-saved
+
+    from deals.web import app as web
+
+    def broken(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(web.Dashboard, "opportunities", broken)
+    crash = TestClient(create_app(Settings()), base_url=BASE, raise_server_exceptions=False).get("/opportunities")
+    assert crash.status_code == 500 and "content-security-policy" in crash.headers and "x-frame-options" in crash.headers

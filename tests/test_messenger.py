@@ -145,6 +145,19 @@ def test_message_names_the_product_and_has_every_number_the_interval_and_the_lin
     assert "est $399.99, save" in format_alert(no_interval)
 
 
+def test_a_small_limit_never_costs_the_price_estimate_or_saving():
+    """Notes, the link and the interval give way; the numbers a user acts on never do."""
+    name = "Samsung 65-inch Class OLED S90D Series HDR+ Smart TV with Dolby Atmos, Object Tracking Sound Lite, QN65S90DAFXZA"
+    o = _headphones()
+    o = o.model_copy(update={"deal": o.deal.model_copy(update={"product_description": name})})
+    notes = ["feed says was $1,999.99", "lowest seen in 30 days: $1,099"]
+    assert "feed says was $1,999.99" in format_alert(o, 306, notes)
+    for limit in (160, 120, 100, 70):
+        text = format_alert(o, limit, notes)
+        assert gsm7_length(text) <= limit and text.startswith("Samsung 65-inch")
+        assert "$248, est $399.99" in text and "save $151.99 (38%)" in text, (limit, text)
+
+
 def test_a_long_link_never_costs_the_product_name_or_the_length_limit():
     tracking = _headphones("https://www.dealnews.com/Microsoft-4-License-Office-Home-Business/123.html?iref=rss-c142&" + "x" * 300)
     text = format_alert(tracking)
@@ -161,6 +174,9 @@ def test_a_long_link_never_costs_the_product_name_or_the_length_limit():
 def test_gsm7_and_money_helpers():
     assert to_gsm7("Caf\u00e9 \u201cna\u00efve\u201d \u2014 5\u00d72\u2026 \u4e2d") == 'Café "naive" - 5x2...'
     assert gsm7_length("a[b]") == 6
+    # fractions stay numbers, letters without a decomposition keep their base letter
+    assert to_gsm7("Instant Pot Duo 6\u00bd-Quart") == "Instant Pot Duo 6 1/2-Quart"
+    assert to_gsm7("\u00bc-inch bit, \u0141\u00f3d\u017a") == "1/4-inch bit, Lodz"
     assert money(1234.0) == "$1,234" and money(19.5) == "$19.50" and money(0.99) == "$0.99"
 
 
@@ -392,11 +408,50 @@ def test_console_fallback_prints_alerts_and_warns_once(make, store, fake, capsys
     assert alert.recipient == "console" and alert.provider_id.startswith("console-")
 
 
-def test_missing_sender_or_recipients_also_means_console(make):
+def test_missing_sender_means_console_and_nobody_to_text_prints(make, store, fake, capsys):
     env = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
     assert isinstance(make(env=env).notifier, ConsoleNotifier)
     assert isinstance(make(env=env, from_number=SENDER).notifier, TwilioNotifier)
-    assert isinstance(make(to=[]).notifier, ConsoleNotifier)
+    nobody = make(to=[])  # SMS configured, but no number anywhere: alerts are printed, none is texted
+    assert isinstance(nobody.notifier, TwilioNotifier) and nobody.recipients == ["console"]
+    assert nobody.notify([opp(store, "a", description="Console drill")]).sent == 1
+    assert fake.requests == [] and "[deals alert] Console drill" in capsys.readouterr().out
+
+
+def test_recipients_only_from_the_recipients_section_or_a_stored_watch_get_sms(make, store, fake):
+    """`messenger.to` is one of three places recipients come from; SMS must not depend on it."""
+    from deals.framework.settings import WatchRule
+
+    messenger = make(to=[], recipients=[{"number": ALICE}])
+    assert isinstance(messenger.notifier, TwilioNotifier) and messenger.recipients == [ALICE]
+    assert messenger.notify([opp(store, "a")]).sent == 1 and [m["to"] for m in fake.created] == [ALICE]
+
+    store.add_watch(BOB, WatchRule(keywords=["drill"]))  # as `deals watch add` or the dashboard does
+    report = make(to=[]).notify([opp(store, "b", description="Cordless drill 20V")])
+    assert report.sent == 1 and [m["to"] for m in fake.created] == [ALICE, BOB]
+
+
+def test_a_run_without_twilio_keeps_queued_sms_for_when_it_is_back(make, store, fake, clock):
+    """`deals run --once` from a shell without TWILIO_* must not throw away alerts waiting out quiet hours."""
+    make(to=[ALICE], quiet_start="00:00", quiet_end="23:59").notify([opp(store, "a")])
+    assert states(store) == ["queued"]
+    offline = make(env={}, to=[ALICE])
+    assert isinstance(offline.notifier, ConsoleNotifier)
+    report = offline.deliver_pending()
+    assert report.skipped == 0 and report.waiting >= 1
+    assert [(a.recipient, a.state) for a in store.alerts() if a.recipient == ALICE] == [(ALICE, "queued")]
+    assert make(to=[ALICE]).deliver_pending().sent == 1 and [m["to"] for m in fake.created] == [ALICE]
+
+
+def test_provider_errors_never_carry_a_full_phone_number(make, store, fake, caplog):
+    fake.fail(400, message="The 'To' number +447700900123 is not a valid phone number.")
+    messenger = make(to=[ALICE])
+    report = messenger.notify([opp(store, "a")])
+    assert report.failed == 1
+    (alert,) = store.alerts()
+    for text in [alert.last_error or "", *report.errors, caplog.text]:
+        assert "+447700900123" not in text
+    assert "*********0123" in (alert.last_error or "")
 
 
 def test_recipient_removed_from_config_is_skipped(make, store, fake):

@@ -399,3 +399,15 @@ def test_the_sql_of_entries_views_watches_and_their_migrations_is_portable():
             checked += 1
             assert not _not_portable(sql), (where, _not_portable(sql), sql)
     assert checked >= 30
+
+
+def test_keywords_match_whole_words_and_plurals():
+    def watch(*keywords: str) -> Watch:
+        return Watch(recipient=ALICE, rule=WatchRule(keywords=list(keywords)), source="config")
+
+    assert not watch("vest").matches_text("Harvest Moon: One World (Nintendo Switch)")
+    assert not watch("vest").matches_text("Investing QuickStart Guide")
+    assert watch("vest").matches_text("Alfani Men's Full-Zip Vest") and watch("vest").matches_text("Two puffer vests")
+    assert not watch("ram").matches_text("Digital Picture Frame") and watch("ram").matches_text("Corsair 32GB DDR5 RAM kit")
+    assert watch("tv").matches_text("Samsung OLED TVs on sale") and watch("usb-c", "hub").matches_text("Anker USB-C Hub 7-in-1")
+    assert watch("4k", "monitor").matches_text('LG 27" 4K UHD Monitor') and not watch("4k").matches_text("14K gold chain")

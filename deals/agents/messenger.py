@@ -67,7 +67,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field
 
-from deals.agents.notifiers import CONSOLE_RECIPIENT, Notifier, build_notifier, warn_once
+from deals.agents.notifiers import CONSOLE_RECIPIENT, ConsoleNotifier, Notifier, build_notifier, warn_once
 from deals.agents.watchlist import Recipient, Watchlist, mask
 from deals.framework.agent import Agent
 from deals.framework.errors import ConfigError, DealsError, NotifyError, PermanentNotifyError
@@ -88,7 +88,8 @@ _REPLACEMENTS = {
     "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u2032": "'", "\u201c": '"', "\u201d": '"',
     "\u201e": '"', "\u2033": '"', "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u2026": "...",
     "\u00a0": " ", "\u2022": "-", "\u00d7": "x", "\u2122": "", "\u00ae": "", "\u00a9": "",
-    "\t": " ", "\n": " ", "\r": " ",
+    "\t": " ", "\n": " ", "\r": " ", "\u2044": "/", "\u0142": "l", "\u0141": "L", "\u0111": "d", "\u0110": "D",
+    "\u0131": "i", "\u0153": "oe", "\u0152": "OE",
 }  # fmt: skip
 _SPACES = re.compile(r"\s+")
 ELLIPSIS = "..."
@@ -102,7 +103,10 @@ def to_gsm7(text: str) -> str:
             if c in GSM7_BASIC or c in GSM7_EXTENDED:
                 out.append(c)
             else:
-                out.extend(d for d in unicodedata.normalize("NFKD", c) if d in GSM7_BASIC or d in GSM7_EXTENDED)
+                parts = "".join(_REPLACEMENTS.get(d, d) for d in unicodedata.normalize("NFKD", c))
+                if "/" in parts and out and out[-1].isdigit():
+                    out.append(" ")  # 6½ -> "6 1/2", not "61/2"
+                out.extend(d for d in parts if d in GSM7_BASIC or d in GSM7_EXTENDED)
     return _SPACES.sub(" ", "".join(out)).strip()
 
 
@@ -139,24 +143,35 @@ def format_alert(opp: Opportunity, max_chars: int = 306, notes: Sequence[str] = 
     `notes` follow the saving (the feed's "was" price, "lowest seen in 30 days: $X": see
     `alert_notes`).
 
-    The name is shortened (with "...") before anything else, but keeps at least
-    `MIN_NAME` characters; when the link leaves no room for that, the link loses its
-    query string, and failing that it is left out (it stays in `deals history`).
+    The name is shortened (with "...") first, but keeps at least `MIN_NAME` characters.
+    When that leaves no room, the rest gives way in this order: the notes, the link's query
+    string, the link itself (it stays in `deals history`), the interval. The price, the
+    estimate and the saving are never cut: with a very small `max_chars` the name gets what
+    room they leave.
     """
     pct = round(opp.discount_rel * 100)
     estimate = opp.estimate
     interval = f" ({money(estimate.low)}-{money(estimate.high)})" if estimate.low is not None and estimate.high is not None else ""
-    facts = f"{money(opp.deal.price)}, est {money(estimate.price)}{interval}, save {money(opp.discount)} ({pct}%)"
-    facts += "".join(f"; {to_gsm7(note)}" for note in notes if note)
+    core = f"{money(opp.deal.price)}, est {money(estimate.price)}"
+    saving = f", save {money(opp.discount)} ({pct}%)"
+    noted = "".join(f"; {to_gsm7(note)}" for note in notes if note)
     name = to_gsm7(opp.deal.product_description) or "Deal"
-    for link in (to_gsm7(opp.deal.url), to_gsm7(_short_link(opp.deal.url)), ""):
-        tail = f"{facts} {link}" if link else f"{facts} (link in deals history)"
+    url, short = to_gsm7(opp.deal.url), to_gsm7(_short_link(opp.deal.url))
+    full, bare = core + interval + saving, core + saving
+    links = [link for link in dict.fromkeys([url, short]) if link]
+    tails = [f"{facts} {link}" for facts in dict.fromkeys([full + noted, full]) for link in links]
+    tails += [f"{full} (link in deals history)", f"{bare} (link in deals history)", bare]
+    for tail in tails:
         budget = max_chars - gsm7_length(tail) - 2  # ": "
         if gsm7_length(name) <= budget:
             return f"{name}: {tail}"
-        if budget >= min(MIN_NAME, gsm7_length(name)) and budget >= len(ELLIPSIS) + 4:
+        if budget >= min(MIN_NAME, gsm7_length(name)):
             return f"{_cut(name, budget)}: {tail}"
-    return _cut(f"{name}: {facts}", max_chars)  # max_chars too small for the facts: cut, but never over
+    tail = bare  # the price, estimate and saving alone; the name gets the rest
+    budget = max_chars - gsm7_length(tail) - 2
+    if budget >= len(ELLIPSIS) + 4:
+        return f"{_cut(name, budget)}: {tail}"
+    return _cut(f"{name}: {tail}", max_chars)  # max_chars too small even for that: cut, but never over
 
 
 def alert_notes(context: PriceContext) -> list[str]:
@@ -222,15 +237,24 @@ class Messenger(Agent):
         except ValueError as exc:
             raise ConfigError(f"messenger quiet hours: {exc}") from exc
         self.notifier = notifier or build_notifier(self.config, environ, timeout_s=self.config.timeout_s, logger=self.log)
+        self.console = self.notifier if isinstance(self.notifier, ConsoleNotifier) else ConsoleNotifier()
         self._refresh()
-        if not self.recipients:
-            warn_once("no-recipients", "messenger.to is empty: alerts have nobody to go to", self.log)
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
-        """Recipients and their watches as they are now (the dashboard and `deals watch` edit them at run time)."""
+        """Recipients and their watches as they are now (the dashboard and `deals watch` edit them at run time).
+
+        With nobody to text (no `messenger.to`, no `messenger.recipients`, no stored watch)
+        alerts go to the console, as they do without Twilio."""
         self.watchlist = Watchlist.load(self.settings, self.store)
         self.recipients = self.notifier.recipients(self.watchlist.numbers)
+        if not self.recipients:
+            warn_once(
+                "no-recipients",
+                "nobody to text (messenger.to, messenger.recipients and `deals watch` are all empty): alerts are printed",
+                self.log,
+            )
+            self.recipients = [CONSOLE_RECIPIENT]
         self._quiet_of: dict[str, tuple[dtime, dtime] | None] = {}
         for person in self.watchlist.recipients.values():
             if person.quiet_start and person.quiet_end:
@@ -314,7 +338,11 @@ class Messenger(Agent):
             local = self.clock().astimezone(self.zone)
             body = f"deals: test message, {local:%Y-%m-%d %H:%M %Z}. SMS alerts are working."
         body = to_gsm7(body)
-        return [self.notifier.send(recipient, body) for recipient in self.recipients]
+        return [self._notifier(recipient).send(recipient, body) for recipient in self.recipients]
+
+    def _notifier(self, recipient: str) -> Notifier:
+        """The console for the console recipient, the configured notifier for everyone else."""
+        return self.console if recipient == CONSOLE_RECIPIENT else self.notifier
 
     def _quiet_window(self, recipient: str | None) -> tuple[dtime, dtime] | None:
         """The recipient's own quiet hours, if they set some, else the messenger's (None: no quiet hours)."""
@@ -359,7 +387,7 @@ class Messenger(Agent):
     def _reconcile_one(self, alert: AlertRow, report: MessengerReport) -> None:
         """Ask the provider about one claimed alert left in 'sending': sent, or queued again."""
         try:
-            sid = self.notifier.find_sent(alert.recipient, alert.body, self._lookback(alert))
+            sid = self._notifier(alert.recipient).find_sent(alert.recipient, alert.body, self._lookback(alert))
         except NotifyError as exc:
             report.unknown += 1
             report.errors.append(str(exc))
@@ -411,6 +439,9 @@ class Messenger(Agent):
                 self._note_quiet(alert)
                 continue
             if alert.recipient not in self.recipients:
+                if alert.recipient in self.watchlist.numbers:  # still a recipient, SMS is just off now
+                    report.waiting += 1
+                    continue  # kept for when it is back (as _reconcile keeps its 'sending' alerts)
                 self._skip(alert, "recipient no longer configured", report)
                 continue
             if now - alert.created_at > self.max_age:
@@ -465,7 +496,7 @@ class Messenger(Agent):
             if attempt > 1:
                 self.sleep(min(self.config.retry_base_s * 2 ** (attempt - 2), 300.0))
                 try:  # the previous attempt may have gone out (timeout, 5xx): look before resending
-                    sid = self.notifier.find_sent(alert.recipient, alert.body, self._lookback(alert))
+                    sid = self._notifier(alert.recipient).find_sent(alert.recipient, alert.body, self._lookback(alert))
                 except NotifyError as exc:
                     last = exc
                     break
@@ -481,7 +512,7 @@ class Messenger(Agent):
                 return "taken"
             send_id = self.store.begin_send(alert.id, at=self.clock())
             try:
-                sid = self.notifier.send(alert.recipient, alert.body)
+                sid = self._notifier(alert.recipient).send(alert.recipient, alert.body)
             except PermanentNotifyError as exc:
                 self.store.end_send(send_id, "failed", error=str(exc), at=self.clock())
                 self.store.mark_alert(alert.id, "failed", error=str(exc), at=self.clock())

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TextIO
 
+from deals.agents.watchlist import mask_numbers_in
 from deals.framework.errors import ConfigError, NotifyError, PermanentNotifyError, TransientNotifyError
 from deals.framework.settings import MessengerSettings, e164
 
@@ -117,23 +118,27 @@ def _status_of(exc: BaseException) -> int | None:
 
 
 def translate_error(exc: BaseException, action: str, redact: Callable[[str], str] = str) -> NotifyError:
-    """Map a twilio/httpx exception to a transient or permanent `NotifyError` (text passed through `redact`)."""
+    """Map a twilio/httpx exception to a transient or permanent `NotifyError` (text passed through
+    `redact`, and every phone number in it masked: Twilio's messages name the recipient)."""
     import httpx
     from twilio.base.exceptions import TwilioException
 
+    def clean(text: str) -> str:
+        return mask_numbers_in(redact(text))
+
     if isinstance(exc, httpx.TimeoutException):
-        return TransientNotifyError(redact(f"Twilio {action}: timed out ({type(exc).__name__}: {exc})"))
+        return TransientNotifyError(clean(f"Twilio {action}: timed out ({type(exc).__name__}: {exc})"))
     if isinstance(exc, httpx.HTTPError):
-        return TransientNotifyError(redact(f"Twilio {action}: network error: {type(exc).__name__}: {exc}"))
+        return TransientNotifyError(clean(f"Twilio {action}: network error: {type(exc).__name__}: {exc}"))
     if isinstance(exc, TwilioException):
         status = _status_of(exc)
         detail = getattr(exc, "msg", None) or getattr(exc, "title", None) or (exc.args[0] if exc.args else "")
         code = getattr(exc, "code", None)
-        text = redact(f"Twilio {action}: HTTP {status}" + (f" (code {code})" if code else "") + f": {detail}")
+        text = clean(f"Twilio {action}: HTTP {status}" + (f" (code {code})" if code else "") + f": {detail}")
         if status is None or status >= 500 or status == 429:
             return TransientNotifyError(text)
         return PermanentNotifyError(text)
-    return TransientNotifyError(redact(f"Twilio {action}: {type(exc).__name__}: {exc}"))
+    return TransientNotifyError(clean(f"Twilio {action}: {type(exc).__name__}: {exc}"))
 
 
 def redactor(*secrets: str) -> Callable[[str], str]:
@@ -219,9 +224,7 @@ def missing_sms_config(settings: MessengerSettings, environ: Mapping[str, str]) 
     missing = [name for name in (SID_ENV, TOKEN_ENV) if not environ.get(name)]
     if not (environ.get(FROM_ENV) or settings.from_number):
         missing.append(f"{FROM_ENV} or messenger.from_number")
-    if not settings.to:
-        missing.append("messenger.to")
-    return missing
+    return missing  # who receives is the watchlist's business (messenger.to, recipients, `deals watch`)
 
 
 def build_notifier(

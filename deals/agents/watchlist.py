@@ -25,6 +25,7 @@ watch sends becomes an opportunity too (routed only to that watch's recipient).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,8 +56,9 @@ class Watch:
         return watch_label(self.rule)
 
     def matches_text(self, text: str) -> bool:
-        lowered = text.lower()
-        if any(keyword.lower() not in lowered for keyword in self.rule.keywords):
+        """Every keyword as a whole word (a plural 's'/'es' allowed: "tv" finds "TVs", "vest"
+        never finds "Harvest"), case-insensitive, and the regex if there is one."""
+        if not all(_keyword_pattern(keyword).search(text) for keyword in self.rule.keywords):
             return False
         if self.rule.regex and not re.search(self.rule.regex, text, re.IGNORECASE):
             return False
@@ -171,6 +173,19 @@ def _apply(person: Recipient, configured: RecipientSettings) -> None:
     person.watches += [Watch(recipient=person.number, rule=rule, source="config") for rule in configured.watches]
 
 
+@functools.lru_cache(maxsize=1024)
+def _keyword_pattern(keyword: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w){re.escape(keyword.strip())}(?:e?s)?(?!\w)", re.IGNORECASE)
+
+
+_NUMBER_IN_TEXT = re.compile(r"\+\d{7,15}\b")
+
+
+def mask_numbers_in(text: str) -> str:
+    """`text` (a provider's error message, say) with every E.164 number in it masked."""
+    return _NUMBER_IN_TEXT.sub(lambda m: mask(m.group(0)), text)
+
+
 def parse_quiet(text: str) -> tuple[str, str]:
     """'22:00-07:00' -> ('22:00', '07:00'); ValueError otherwise."""
     match = re.fullmatch(r"\s*(\d\d:\d\d)\s*-\s*(\d\d:\d\d)\s*", text or "")
@@ -190,4 +205,4 @@ def mask(number: str | None) -> str:
     return "*" * len(text) if len(text) <= 4 else "*" * (len(text) - 4) + text[-4:]
 
 
-__all__ = ["GENERAL", "Recipient", "Watch", "Watchlist", "mask", "parse_quiet"]
+__all__ = ["GENERAL", "Recipient", "Watch", "Watchlist", "mask", "mask_numbers_in", "parse_quiet"]

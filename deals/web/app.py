@@ -59,7 +59,7 @@ from deals.memory.views import DealFilter
 from deals.memory.watches import FeedControl
 from deals.web import charts
 from deals.web.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, SECURITY_HEADERS, SESSION_COOKIE, Guard
-from deals.web.settings_view import redact_url, redact_urls_in, redacted_settings, secret_status
+from deals.web.settings_view import error_text, redact_url, redacted_settings, secret_status
 
 STATIC = Path(__file__).with_name("static")
 OPEN_PATHS = ("/login", "/static/", "/healthz")
@@ -89,10 +89,14 @@ def when(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
+_ROW_ID = re.compile(r"[0-9]{1,11}")  # ASCII digits only: '²'.isdigit() is true, int('²') fails
+MAX_DAILY_CAP = 10_000
+
+
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("deals.web", "templates"), autoescape=select_autoescape(["html"]), trim_blocks=True)
     env.filters.update(money=money, mask=mask, href=safe_href, when=when, pct=lambda v: f"{100 * (v or 0):.0f}%",
-                       secret_url=redact_url, secret_urls_in=redact_urls_in, feed_id=feed_id)  # fmt: skip
+                       secret_url=redact_url, error_text=error_text, feed_id=feed_id)  # fmt: skip
     env.globals.update(decisions=DECISIONS, alert_states=ALERT_STATES)
     return env
 
@@ -187,7 +191,7 @@ class Dashboard:
 
     def opportunity(self, request: Request) -> Response:
         raw = request.path_params["id"]
-        view = self.store.opportunity_view(int(raw)) if raw.isdigit() and len(raw) < 12 else None
+        view = self.store.opportunity_view(int(raw)) if _ROW_ID.fullmatch(raw) else None
         if view is None:
             raise HTTPException(404, f"no opportunity {raw[:40]!r}")
         context = self.store.price_context(view.opportunity.deal.entry_key)
@@ -327,7 +331,7 @@ class Dashboard:
     async def remove_watch(self, request: Request) -> Response:
         await self.form(request)
         raw = request.path_params["id"]
-        removed = raw.isdigit() and len(raw) < 12 and await run_in_threadpool(self.store.remove_watch, int(raw))
+        removed = bool(_ROW_ID.fullmatch(raw)) and await run_in_threadpool(self.store.remove_watch, int(raw))
         if not removed:
             return self.back("/watches", error=f"no stored watch {raw[:20]} (watches in config.yaml are edited there)")
         return self.back("/watches", message=f"watch {raw} removed")
@@ -337,8 +341,8 @@ class Dashboard:
         try:
             number = e164(str(form.get("number", "")))
             cap_text = str(form.get("daily_cap", "")).strip()
-            if cap_text and not cap_text.isdigit():
-                raise ValueError(f"daily cap: {cap_text[:20]!r} is not a whole number")
+            if cap_text and not (re.fullmatch(r"[0-9]{1,6}", cap_text) and int(cap_text) <= MAX_DAILY_CAP):
+                raise ValueError(f"daily cap: {cap_text[:20]!r} is not a whole number from 0 to {MAX_DAILY_CAP}")
             quiet_text = str(form.get("quiet", "")).strip()
             start, end = parse_quiet(quiet_text) if quiet_text else (None, None)
         except ValueError as exc:
@@ -464,7 +468,10 @@ def create_app(settings: Settings, *, token: str | None = None, bind_host: str |
             status, detail = 503, str(exc)
         if not hasattr(request.state, "csrf"):
             request.state.csrf = ""
-        return dash.page(request, "error.html", status_code=status, status=status, detail=detail or "something went wrong")
+        response = dash.page(request, "error.html", status_code=status, status=status, detail=detail or "something went wrong")
+        for name, value in SECURITY_HEADERS.items():  # a 500 is answered outside GuardMiddleware
+            response.headers.setdefault(name, value)
+        return response
 
     routes = [
         Route("/", lambda request: RedirectResponse("/opportunities", status_code=303)),

@@ -17,7 +17,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 
-from deals.agents.watchlist import mask
+from deals.agents.watchlist import mask, mask_numbers_in
+from deals.framework.dburl import redact
 from deals.framework.settings import Settings
 
 SECRET_ENV = (
@@ -38,8 +39,8 @@ def redact_url(value: str) -> str:
     """The URL with its user info and secret-looking query values (key, token, sig...) as ***."""
     try:
         parts = urlsplit(value)
-    except ValueError:
-        return value
+    except ValueError:  # not a URL urllib can split (a typo in a setting): still no password shown
+        return redact(value)
     if not parts.scheme or not parts.netloc:
         return value
     netloc = parts.netloc
@@ -56,6 +57,12 @@ _URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
 def redact_urls_in(text: str) -> str:
     """`text` (an error message, say) with every URL in it through `redact_url`."""
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def error_text(text: str | None) -> str:
+    """An error message as the dashboard shows it: URLs redacted, phone numbers masked
+    (a feed's error names its URL, keys and all; a provider's names the recipient)."""
+    return mask_numbers_in(redact_urls_in(text or ""))
 
 
 def _clean(value: Any, key: str = "") -> Any:
@@ -84,4 +91,4 @@ def secret_status(environ: dict[str, str] | None = None) -> list[tuple[str, bool
     return [(name, bool(env.get(name, "").strip())) for name in SECRET_ENV]
 
 
-__all__ = ["HIDDEN", "SECRET_ENV", "redacted_settings", "secret_status"]
+__all__ = ["HIDDEN", "SECRET_ENV", "error_text", "redact_url", "redacted_settings", "secret_status"]
