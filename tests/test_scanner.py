@@ -182,6 +182,24 @@ def test_title_prices(title, price, reason):
         ("Woot Prime Exclusive Deals: Up to 73% off", "a sale with 'up to' discounts, not one product at one price"),
         ("Apple Prime Day Sale: Latest Discounts on AirPods, iPads, AirTags, More", "a store-wide or category sale"),
         ("Sony WH-1000XM5 Headphones for $248 + free shipping", None),
+        # prices that are not what one product costs
+        ("Peloton Bike for $44 monthly", "a subscription or rental price"),
+        ("Samsung TV From: $399", "a 'from' price, not one price"),
+        ("Dell laptops $699 - 1,199", "a price range"),
+        ("Laptops under $500", "a price cap ('under $X'), not one price"),
+        ("two for $50 Snickers", "a multi-buy price"),
+        ("Buy 2 Hanes tees for $30", "a multi-buy price"),
+        ("Levi's 501 jeans 2 for $60", "a multi-buy price"),
+        ("Duracell AA 10-pack $3 each", "a per-item price, not the offer's"),
+        ("Apple iPhone 15 $299 w/ trade-in", "a price after a trade-in"),
+        # one product at one price, whatever the numbers around it
+        ("Google Pixel 8 for $499", None),
+        ("Nintendo Switch 2 for $449", None),
+        ("AirPods 4 for $99", None),
+        ("Dell Alienware Aurora Ultra 7 RTX 5070 for $1,550 + free shipping", None),
+        ("Samsung 990 Pro SSD with up to 1,050MB/s reads for $79.99", None),
+        ("Sony 65\" Bravia TV $499 (down from $999)", None),
+        ("Bose QC45 $199 - 40% off", None),
     ],
 )
 def test_offer_problems(title, problem):
@@ -195,6 +213,10 @@ def test_rules_non_usd_signs_and_free_feed_prices():
     scan = Scanner(Settings()).scan([pound, free, pound])
     assert scan.deals == [] and scan.rejected == 3
     assert scan.rejections == {"a": "prices in GBP, not USD", "b": "free, not a price"}
+    for title, code in [("Xbox Series X HK$1,999", "HKD"), ("PS5 S$599", "SGD"), ("Switch $348 CDN", "CAD"), ("Xbox R$2.999", "BRL")]:
+        assert deal_rules.foreign_currency(FeedEntry(key="c", title=title, **base)) == code, title
+    mexico = FeedEntry(key="d", title="Xbox Series X 1TB $9,999", feed_url=base["feed_url"], url="https://www.amazon.com.mx/dp/B08H75RTZ8")
+    assert deal_rules.foreign_currency(mexico) == "MXN"
 
 
 # --------------------------------------------------------------------------- LLM batches through the real SDKs

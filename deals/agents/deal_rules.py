@@ -13,8 +13,10 @@ A deal needs ONE product at ONE price in USD:
 - money is read strictly (`deals.agents.money`): an amount must end at a word boundary,
   and a title whose money does not read cleanly ("$1e12", "$5,00", "$1/2 price", "$3.")
   is rejected, never priced at a guess;
-- rejected: "up to" sales, "from $X" prices, "$X/mo" subscriptions, price ranges,
-  multi-buys ("2 for $5"), store-wide sales ("... Sale:", "... Deals:", "Event:"),
+- rejected: "up to" sales, "from $X" prices ("down from $X" is a former price, kept),
+  "under $X" caps, "$X/mo" and "$X monthly" subscriptions, price ranges ("$699 - 1,199"),
+  multi-buys ("2 for $5", "Buy 2 ... for $30"; "Pixel 8 for $499" is a model number),
+  per-item prices ("$3 each"), prices after a trade-in, store-wide sales ("... Sale:", "... Deals:", "Event:"),
   memberships, several different prices, no price, free, prices outside the configured
   range, and prices in another currency (an .au/.uk/.ca/... site, "A$", "£", "€", ...).
 
@@ -40,12 +42,17 @@ MAX_DESCRIPTION_CHARS = 1000
 
 _FOREIGN_TLDS = {
     "au": "AUD", "nz": "NZD", "uk": "GBP", "ca": "CAD", "ie": "EUR", "de": "EUR", "fr": "EUR", "es": "EUR",
-    "it": "EUR", "nl": "EUR", "in": "INR", "sg": "SGD", "hk": "HKD", "jp": "JPY",
+    "it": "EUR", "nl": "EUR", "in": "INR", "sg": "SGD", "hk": "HKD", "jp": "JPY", "mx": "MXN", "br": "BRL", "tw": "TWD",
 }  # fmt: skip
 _FOREIGN_MARKS = [
     (re.compile(r"(?<![A-Za-z])(?:A|AU)\$|\bAUD\b"), "AUD"),
     (re.compile(r"(?<![A-Za-z])NZ\$|\bNZD\b"), "NZD"),
-    (re.compile(r"(?<![A-Za-z])(?:C|CA|CDN)\$|\bCAD\b"), "CAD"),
+    (re.compile(r"(?<![A-Za-z])(?:C|CA|CDN)\$|\bCAD\b|\$\s?[\d,.]+\s*(?:CDN|CAD)\b"), "CAD"),
+    (re.compile(r"(?<![A-Za-z])HK\$|\bHKD\b"), "HKD"),
+    (re.compile(r"(?<![A-Za-z])S\$|\bSGD\b"), "SGD"),
+    (re.compile(r"(?<![A-Za-z])NT\$|\bTWD\b"), "TWD"),
+    (re.compile(r"(?<![A-Za-z])(?:MX|M)\$|\bMXN\b"), "MXN"),
+    (re.compile(r"(?<![A-Za-z])R\$|\bBRL\b"), "BRL"),
     (re.compile(r"£|\bGBP\b"), "GBP"),
     (re.compile(r"€|\bEUR\b"), "EUR"),
     (re.compile(r"₹|\bINR\b|\bRs\.?\s?\d"), "INR"),
@@ -74,15 +81,34 @@ def foreign_currency(entry: FeedEntry) -> str | None:
 
 _MONEY = r"(?:US\s?)?\$\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d{1,2})?"
 
+_COUNT = r"(?:\d{1,2}|two|three|four|five|six|ten)"
 _OFFER_PROBLEMS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\bup\s+to\b", re.I), "a sale with 'up to' discounts, not one product at one price"),
-    (re.compile(rf"\b(?:from|starting\s+at|starts\s+at|as\s+low\s+as)\s+{_MONEY}", re.I), "a 'from' price, not one price"),
+    # "up to 60% off", "up to $200 off": a sale; "up to 1,050MB/s" is a spec, not a sale
+    (re.compile(r"\bup\s+to\s+(?:\d+\s*%|\$)", re.I), "a sale with 'up to' discounts, not one product at one price"),
+    # "from $X" (a starting price), but not "down from $X" / "reduced from $X" (a former price)
     (
-        re.compile(rf"{_MONEY}\s*(?:/\s*|per\s+|a\s+)(?:mo|mth|month|yr|year|annum|wk|week|day|night)\b", re.I),
+        re.compile(rf"(?<!down\s)(?<!reduced\s)(?<!drops\s)(?<!dropped\s)\b(?:from|starting\s+at|starts\s+at|as\s+low\s+as)\s*:?\s*{_MONEY}", re.I),
+        "a 'from' price, not one price",
+    ),
+    (re.compile(rf"\b(?:under|below|less\s+than)\s+{_MONEY}", re.I), "a price cap ('under $X'), not one price"),
+    (
+        re.compile(
+            rf"{_MONEY}\s*(?:/\s*|per\s+|a\s+|an\s+|each\s+)(?:mo|mth|month|yr|year|annum|wk|week|day|night|hour|hr)\b"
+            rf"|{_MONEY}\s*(?:monthly|yearly|annually|weekly|nightly)\b",
+            re.I,
+        ),
         "a subscription or rental price",
     ),
-    (re.compile(rf"{_MONEY}\s*(?:-|–|—|to)\s*{_MONEY}", re.I), "a price range"),
-    (re.compile(rf"\b\d+\s*(?:for|/)\s*{_MONEY}", re.I), "a multi-buy price"),
+    (re.compile(rf"{_MONEY}\s*(?:-|–|—|to)\s*(?:{_MONEY}|\d{{1,3}}(?:,\d{{3}})+|\d+)(?![\d%])", re.I), "a price range"),
+    # "2 for $5", "Buy 2 ... for $30", "two for $50"; not "Google Pixel 8 for $499" (a model number)
+    (
+        re.compile(rf"(?:^|[,;:(\-–—|]\s*|\b(?:buy|get|any|pick)\s+)\b{_COUNT}\s*(?:for|/)\s*{_MONEY}|\bbuy\s+{_COUNT}\b[^$]*\bfor\s+{_MONEY}", re.I),
+        "a multi-buy price",
+    ),
+    # "jeans 2 for $60", "12-packs 3 for $12": a count after a plural noun (a model number follows a name: "Switch 2")
+    (re.compile(rf"\b[0-9]*-?[a-z]+s\s+(?:\d{{1,2}}|two|three|four|five|six|ten)\s+for\s+{_MONEY}"), "a multi-buy price"),
+    (re.compile(rf"{_MONEY}\s*(?:each|ea\.?|apiece|per\s+(?:item|unit|piece|can|bottle|pack))\b", re.I), "a per-item price, not the offer's"),
+    (re.compile(r"\b(?:w/|with)\s+(?:eligible\s+|qualifying\s+)?trade[- ]?in\b", re.I), "a price after a trade-in"),
     (re.compile(r"\b(?:buy\s+\d+\s*,?\s*get|bogo\b|b\dg\d\b)", re.I), "a multi-buy offer"),
     (re.compile(r"\b(?:site|store)[- ]?wide\b", re.I), "a store-wide sale"),
     (re.compile(r"\b(?:sale|sales|deals|event|clearance|savings|blowout|markdowns)\s*:", re.I), "a store-wide or category sale"),
