@@ -525,3 +525,23 @@ def test_ridge_model_round_trip_and_held_out_refusal(tmp_path):
     assert pricer.price(products[0].text).price > 0
     with pytest.raises(PricingError, match="training products of the ridge pricer"):
         pricer.price(products[0].text, exclude_exact=True)
+
+
+def test_a_paid_member_that_spends_the_cap_leaves_the_free_members_whole(ridge_home, small_validation, monkeypatch):
+    """The dollar cap is for members that cost money; listed first, a frontier must not starve `local`."""
+    from deals.pricer.blend import fit_from_file
+    from tests.fakes.llm_server import FakeLLMServer, answer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ensemble")
+    settings = Settings()
+    settings.frontier.cache = False
+    with FakeLLMServer(answer({"price": 120.0}, tokens_in=2000, tokens_out=8)) as server:
+        settings.llm = LLMSettings(provider="openai", base_url=f"{server.url}/v1", max_retries=0)
+        fit_from_file(settings, small_validation, members=["frontier", "local"], max_usd=0.0012, progress=False,
+                      weights_file=ridge_home / "capped.json")  # fmt: skip
+        paid_calls = len(server.requests)
+    fit = load_fit(ridge_home / "capped.json")
+    assert 3 <= paid_calls <= 6 and fit.subsets["local"].n == 40  # local priced every item
+    # with nothing to spend at all, the free members still fit
+    free = fit_from_file(settings, small_validation, members=["local"], max_usd=0.0, progress=False, weights_file=ridge_home / "free.json")
+    assert load_fit(ridge_home / "free.json").subsets["local"].n == 40 and free is not None

@@ -94,3 +94,13 @@ def test_public_api_is_pinned():
     )
     for name in deals.__all__:
         assert hasattr(deals, name)
+
+
+def test_an_interval_wider_than_the_distributions_reach_is_refused():
+    """Quantiles run from 5% to 95%: a 95% or 99% interval would be the 90% one under another name."""
+    from pydantic import ValidationError
+
+    assert Settings.model_validate({"pricing": {"interval_level": 0.9}}).pricing.interval_level == 0.9
+    for level in (0.95, 0.99):
+        with pytest.raises(ValidationError, match="interval_level"):
+            Settings.model_validate({"pricing": {"interval_level": level}})

@@ -133,6 +133,7 @@ class FrontierPricer(Pricer):
 
     name = "frontier"
     thread_safe = False  # price_many already runs `concurrency` LLM calls at once
+    paid = True
 
     def __init__(
         self,

@@ -135,7 +135,11 @@ class PricingSettings(Section):
     )
     min_estimate: float = Field(0.5, gt=0, description="estimates are clamped to at least this (USD)")
     max_estimate: float = Field(10_000.0, gt=0, description="estimates are clamped to at most this (USD)")
-    interval_level: float = Field(0.8, gt=0, lt=1, description="coverage of the interval shown with every estimate (0.8 = 80%)")
+    interval_level: float = Field(
+        0.8, gt=0, le=0.9,
+        description="coverage of the interval shown with every estimate (0.8 = 80%; at most 0.9: the distributions "
+        "are measured from the 5% to the 95% quantile)",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> PricingSettings:

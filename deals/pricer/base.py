@@ -32,6 +32,9 @@ class Pricer(ABC):
     #: True when `price_many` may run from several threads at once (the planner then
     #: prices batches in parallel); pricers sharing one model or client leave it False.
     thread_safe: bool = False
+    #: True when pricing costs money (an LLM API): fits cap such members in dollars, and
+    #: only them (a $0 budget left by a paid member never stops a free one).
+    paid: bool = False
 
     @abstractmethod
     def price(self, description: str, *, exclude_exact: bool = False) -> Estimate:

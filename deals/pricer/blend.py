@@ -520,7 +520,7 @@ class _Recording(Pricer):
         room = wanted
         if self.max_items is not None:
             room = min(room, self.max_items - len(self.seen))
-        if self.max_usd is not None:
+        if self.max_usd is not None and self.inner.paid:
             if self.spent >= self.max_usd:
                 return 0
             paid = sum(1 for e in self.seen.values() if e.cost_usd > 0)
