@@ -134,3 +134,18 @@ def test_the_planner_decides_by_the_rule_and_says_why():
     assert planner.judge(deal(299), estimate).reason == "not cheap enough"
     assert planner.judge(deal(min(209, top * 1.05)), estimate).reason == "low confidence"  # the point estimate alone would alert
     assert planner.judge(deal(5), estimate).reason == "too good to be true" and planner.decide(deal(5), estimate) is None
+
+
+def test_a_residual_interval_moves_the_price_to_its_median():
+    """kNN and ridge get their shipped residual distribution; the price the alert states and
+    the distribution the planner decides on must be one estimate, not two."""
+    from deals.framework.settings import PricingSettings
+    from deals.pricer.intervals import residual_quantiles, with_residual_interval
+
+    for pricer in ("knn", "ridge"):
+        levels, residuals = residual_quantiles(pricer)
+        raw = Estimate(price=100.0, pricer=pricer)
+        shown = with_residual_interval(raw, pricer, PricingSettings())
+        median = next(q.price for q in shown.quantiles if abs(q.level - 0.5) < 1e-9)
+        assert shown.price == median and shown.low <= shown.price <= shown.high
+        assert abs(shown.price - 100.0 * math.exp(float(np.interp(0.5, levels, residuals)))) < 0.02

@@ -42,12 +42,11 @@ def quantile_at(levels: Sequence[float], log_quantiles: Sequence[float], level: 
 
 
 def with_quantiles(
-    estimate: Estimate, levels: Sequence[float], log_quantiles: Sequence[float], pricing: PricingSettings, *, set_price: bool = True
+    estimate: Estimate, levels: Sequence[float], log_quantiles: Sequence[float], pricing: PricingSettings
 ) -> Estimate:
     """`estimate` with the distribution given by `log_quantiles` (ascending) at `levels`.
 
-    Prices are clamped to the sane range; with `set_price` the point estimate becomes the
-    median.
+    Prices are clamped to the sane range; the point estimate becomes the median.
     """
     low_bound, high_bound = pricing.min_estimate, pricing.max_estimate
     logs = np.maximum.accumulate(np.asarray(log_quantiles, dtype=np.float64))
@@ -59,9 +58,8 @@ def with_quantiles(
         "low": round(float(np.clip(np.exp(quantile_at(levels, logs, 0.5 - half)), low_bound, high_bound)), 2),
         "high": round(float(np.clip(np.exp(quantile_at(levels, logs, 0.5 + half)), low_bound, high_bound)), 2),
         "interval_level": pricing.interval_level,
+        "price": round(float(np.clip(np.exp(quantile_at(levels, logs, 0.5)), low_bound, high_bound)), 2),
     }
-    if set_price:
-        update["price"] = round(float(np.clip(np.exp(quantile_at(levels, logs, 0.5)), low_bound, high_bound)), 2)
     return estimate.model_copy(update=update)
 
 
@@ -81,13 +79,17 @@ def residual_quantiles(pricer: str) -> tuple[list[float], list[float]] | None:
 
 
 def with_residual_interval(estimate: Estimate, pricer: str, pricing: PricingSettings) -> Estimate:
-    """`estimate` with the split-conformal distribution of `pricer` around it (unchanged when none is known)."""
+    """`estimate` with the split-conformal distribution of `pricer` around it (unchanged when none is known).
+
+    The price becomes that distribution's median, the raw output times its median
+    residual: what the decision uses and what the alert says are then one number (a raw
+    ridge output of $100 has a median of about $187 on deal-like prices)."""
     known = residual_quantiles(pricer)
     if known is None:
         return estimate
     levels, residuals = known
     centre = float(np.log(estimate.price))
-    return with_quantiles(estimate, levels, [centre + r for r in residuals], pricing, set_price=False)
+    return with_quantiles(estimate, levels, [centre + r for r in residuals], pricing)
 
 
 __all__ = ["quantile_at", "residual_quantiles", "with_quantiles", "with_residual_interval"]
