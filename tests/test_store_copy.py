@@ -172,3 +172,17 @@ def test_a_password_in_the_url_is_never_shown(deals_home, capsys, monkeypatch):
     assert "s3cr3t-pw" not in out and "deals:***@127.0.0.1:1/deals" in out
     assert run_cli(["history"]) == 1
     assert "s3cr3t-pw" not in capsys.readouterr().err
+
+
+def test_a_password_holding_url_delimiters_is_never_shown(deals_home, capsys, monkeypatch):
+    """libpq takes 'Xy7?kQ2#mz' as the password of postgresql://deals:Xy7?kQ2#mz@host/db; urllib would not."""
+    from deals.framework.dburl import password_of, redact
+
+    for password in ("Xy7?kQ2mz", "Xy7?kQ2#mz", "a:b/c"):
+        url = f"postgresql://deals:{password}@127.0.0.1:1/deals"
+        assert password not in redact(url) and redact(url).startswith("postgresql://deals:***@127.0.0.1:1") and password_of(url) == password
+        monkeypatch.setenv("DEALS_STORE__URL", url)
+        assert run_cli(["config"]) == 0 and run_cli(["history"]) == 1
+        shown = capsys.readouterr()
+        assert password not in shown.out + shown.err
+    assert password_of("postgresql://deals@db/deals?password=pw1") == "pw1" and password_of("postgresql://deals@db/deals") is None

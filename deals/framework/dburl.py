@@ -42,37 +42,40 @@ def sqlite_path(target: str | Path) -> Path | str:
     return Path(text)
 
 
+# user:password@ in a URL's authority, the password up to the LAST "@": libpq takes a password
+# holding "?", "#" or ":" unencoded, where urllib's split would leave it outside the netloc
+_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:@/?#]*):(?P<password>.*)@(?P<rest>[^@]*)$", re.S)
+
+
 def redact(url: str | Path) -> str:
     """The URL with its password (and any `password=` parameter) replaced by ***."""
     text = str(url)
+    found = _USERINFO.match(text)
+    if found:
+        text = f"{found['head']}:***@{found['rest']}"
     try:
         parts = urlsplit(text)
     except ValueError:
-        return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", text)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{host}"
+        return text
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(key.lower() == "password" for key, _ in pairs):
             query = urlencode([(key, "***" if key.lower() == "password" else value) for key, value in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+            return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+    return text
 
 
 def password_of(url: str) -> str | None:
+    found = _USERINFO.match(url)
+    password = unquote(found["password"]) if found else None
     try:
-        parts = urlsplit(url)
-        found = parts.password
-        for key, value in parse_qsl(parts.query):
+        for key, value in parse_qsl(urlsplit(found["rest"] if found else url).query):
             if key.lower() == "password":
-                found = value
-        return unquote(found) if found else None
+                password = value
     except ValueError:
-        return None
+        pass
+    return password or None
 
 
 __all__ = ["POSTGRES_SCHEMES", "is_postgresql", "password_of", "redact", "sqlite_path"]

@@ -407,9 +407,10 @@ def check_store_url(value: str | None) -> str | None:
     if value is None or not str(value).strip():
         return None
     text = str(value).strip()
-    scheme = urlsplit(text).scheme.lower()
+    shape = urlsplit(redact(text))  # read with its password out: libpq allows '?' or '#' in one
+    scheme = shape.scheme.lower()
     if scheme in ("postgresql", "postgres"):
-        if not urlsplit(text).path.strip("/") and "dbname=" not in text:
+        if not shape.path.strip("/") and "dbname=" not in text:
             raise ValueError("a PostgreSQL URL names its database: postgresql://user@host:5432/deals")
         return text
     if scheme == "sqlite":
