@@ -184,3 +184,17 @@ def test_several_senders_together_keep_one_daily_cap(store_target):
         assert store.claim_alert(ids[12], cap=(5, day_start)) == "claimed"  # the other recipient
         assert store.claim_alert(ids[12], cap=(5, day_start)) == "taken"  # already sending
         assert store.claim_alert(ids[1], cap=(0, day_start)) in {"capped", "taken"}
+
+
+def test_a_worker_taken_for_dead_registers_again_on_its_next_claim(store_target):
+    """A daemon paused past worker_timeout_s (a laptop lid, SIGSTOP) has its row reaped by
+    another; its next claim must register it again, not fail on the foreign key."""
+    with Store(store_target) as a, Store(store_target) as b:
+        first = a.worker_id
+        with a.transaction() as db:  # a's heartbeat is long past
+            db.execute("UPDATE workers SET heartbeat = heartbeat - 100000 WHERE id = ?", (first,))
+        assert b.reap_workers(force=True) == 1
+        mine, _ = a.claim_feeds(["https://feed.example/a.xml"], limit=1)
+        assert mine == ["https://feed.example/a.xml"] and a.worker_id != first
+        ids = {a.worker_id, b.worker_id}
+        assert {w.id for w in b.workers()} == ids and len(ids) == 2

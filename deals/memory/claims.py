@@ -117,10 +117,13 @@ class Claims:
 
     @property
     def worker_id(self) -> int:
-        """This store's worker id (registered on first use)."""
+        """This store's worker id: registered on first use, and again when it was taken for dead
+        (its row reaped while this process was paused or cut off). Each use is a heartbeat."""
         with self._lock:
             if self._worker_id is None:
                 self.register_worker()
+            else:
+                self.heartbeat()
             assert self._worker_id is not None
             return self._worker_id
 
@@ -254,8 +257,8 @@ class Claims:
         urls = list(dict.fromkeys(urls))
         if not urls or limit <= 0:
             return [], set()
-        self.worker_id  # noqa: B018 - register before the transaction
         self.reap_workers()
+        self.worker_id  # noqa: B018 - registered (again, if reaped) before the transaction
         with self.transaction() as db:
             others: set[str] = set()
             for chunk, marks in in_chunks(urls, _ROWS_PER_INSERT):
@@ -280,8 +283,8 @@ class Claims:
 
         if limit <= 0:
             return []
-        self.worker_id  # noqa: B018
         self.reap_workers()
+        self.worker_id  # noqa: B018 - registered (again, if reaped) before the transaction
         where, params = unpriced_conditions(since, max_attempts)
         with self.transaction() as db:
             rows = db.execute(
@@ -314,8 +317,8 @@ class Claims:
 
     def claim_sending(self, alert_id: int) -> bool:
         """Claim an alert left in 'sending' (to reconcile it with the provider); False if it is not, or another worker has it."""
-        self.worker_id  # noqa: B018
         self.reap_workers()
+        self.worker_id  # noqa: B018 - registered (again, if reaped) before the transaction
         with self.transaction() as db:
             row = db.execute(f"SELECT state FROM alerts a WHERE id = ?{self.dialect.skip_locked('a')}", (alert_id,)).fetchone()
             if row is None or row[0] != "sending":
