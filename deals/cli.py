@@ -39,6 +39,8 @@ from deals.framework.logs import setup_logging
 from deals.framework.settings import Settings, load_settings, render_defaults
 from deals.framework.text import escape_markup, plain
 
+MAX_ROW_ID = 2**62  # ids beyond what SQLite or PostgreSQL store are refused as usage errors
+
 app = typer.Typer(
     help="deals: finds genuinely good deals in deal feeds and texts you about them.",
     no_args_is_help=True,
@@ -419,7 +421,7 @@ def watch_list(
 
 
 @watch_app.command("remove")
-def watch_remove(ctx: typer.Context, watch_id: Annotated[int, typer.Argument(help="the watch's id (from `deals watch list`)")]) -> None:
+def watch_remove(ctx: typer.Context, watch_id: Annotated[int, typer.Argument(min=1, max=MAX_ROW_ID, help="the watch's id (from `deals watch list`)")]) -> None:
     """Remove a watch added with `deals watch add` or the dashboard (those in config.yaml are edited there)."""
     from deals.memory.store import Store
 
@@ -435,7 +437,7 @@ def watch_remove(ctx: typer.Context, watch_id: Annotated[int, typer.Argument(hel
 def watch_recipient(
     ctx: typer.Context,
     number: Annotated[str, typer.Argument(help="the recipient's phone number (E.164)")],
-    daily_cap: Annotated[Optional[int], typer.Option("--daily-cap", min=0, help="alerts per local day (default messenger.daily_cap)")] = None,
+    daily_cap: Annotated[Optional[int], typer.Option("--daily-cap", min=0, max=10_000, help="alerts per local day (default messenger.daily_cap)")] = None,
     quiet: Annotated[Optional[str], typer.Option("--quiet", help="quiet hours HH:MM-HH:MM (default messenger's)")] = None,
 ) -> None:
     """Set a recipient's own daily cap and quiet hours (omitted ones fall back to the messenger's)."""
@@ -505,11 +507,24 @@ def store_status(
 def store_migrate(
     ctx: typer.Context,
     to: Annotated[str, typer.Option("--to", help="the target store: postgresql://user@host:5432/db (an empty database)")],
-    source: Annotated[Optional[str], typer.Option("--from", help="the store to copy (default: deals.db under DEALS_HOME)")] = None,
+    source: Annotated[
+        Optional[str], typer.Option("--from", help="the store to copy (default: a SQLite store.url, else deals.db under DEALS_HOME)")
+    ] = None,
 ) -> None:
     """Copy the SQLite store into PostgreSQL, verified by row counts and checksums; run again to resume."""
-    from deals.framework.dburl import redact
+    from deals.framework.dburl import is_postgresql, redact
+    from deals.framework.settings import check_store_url
     from deals.memory.copy import migrate_store
+
+    try:
+        check_store_url(to)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--to") from None
+    if not is_postgresql(to):
+        raise typer.BadParameter(f"{redact(to)!r}: the target is a PostgreSQL URL (postgresql://user@host:5432/deals)", param_hint="--to")
+    configured = settings_of(ctx).store.url
+    if source is None and configured and not is_postgresql(configured):
+        source = configured  # the SQLite store the daemon uses, not a default file beside it
 
     def progress(table: str, copied: int, total: int) -> None:
         err.print(f"  {table}: {copied:,}/{total:,}", highlight=False)
@@ -533,7 +548,7 @@ def store_migrate(
 def history(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="how many opportunities, newest first")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="how many opportunities, newest first")] = 20,
 ) -> None:
     """Recent opportunities: product, price, estimate, discount, link and alert status."""
     from deals.memory.store import Store

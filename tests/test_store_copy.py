@@ -186,3 +186,56 @@ def test_a_password_holding_url_delimiters_is_never_shown(deals_home, capsys, mo
         shown = capsys.readouterr()
         assert password not in shown.out + shown.err
     assert password_of("postgresql://deals@db/deals?password=pw1") == "pw1" and password_of("postgresql://deals@db/deals") is None
+
+
+def test_migrate_copies_the_configured_sqlite_store_and_keeps_removed_ids_retired(tmp_path, deals_home, pg_url, monkeypatch, capsys):
+    """Without --from the copy takes the SQLite store the daemon uses (a sqlite store.url), and a
+    watch id removed before the move is never given to another watch after it."""
+    elsewhere = tmp_path / "elsewhere.db"
+    with Store(elsewhere) as src:
+        fill(src, deals=3)
+        ids = [src.add_watch("+15551110001", WatchRule(keywords=[word])) for word in ("tv", "ssd", "ram")]
+        src.remove_watch(ids[-1])
+        expected = len(src.deal_rows(DealFilter()))
+    with Store(deals_home / "deals.db"):
+        pass  # an empty default store beside it must not be what gets copied
+    monkeypatch.setenv("DEALS_STORE__URL", f"sqlite:///{elsewhere}")
+    assert run_cli(["store", "migrate", "--to", pg_url]) == 0
+    assert "elsewhere.db" in "".join(capsys.readouterr().out.split())  # the table title wraps the path
+    with Store(pg_url) as dst:
+        assert len(dst.deal_rows(DealFilter())) == expected > 0
+        assert dst.add_watch("+15551110001", WatchRule(keywords=["hdd"])) > ids[-1]
+
+
+def test_migrate_explains_rows_the_target_refuses_and_bad_targets_are_usage_errors(deals_home, pg_url, capsys):
+    import sqlite3
+
+    with Store(deals_home / "deals.db") as src:
+        fill(src, deals=2)
+    raw = sqlite3.connect(deals_home / "deals.db")  # SQLite keeps an orphan with foreign keys off (a manual edit, a .recover)
+    raw.execute("PRAGMA foreign_keys = OFF")
+    raw.execute("INSERT INTO estimates (deal_key, pricer, price, created_at) VALUES ('no-such-deal', 'knn', 1.0, '2025-01-01T00:00:00+00:00')")
+    raw.commit()
+    raw.close()
+    assert run_cli(["store", "migrate", "--to", pg_url]) == 1
+    err = capsys.readouterr().err
+    assert "refused by the target" in err and "Traceback" not in err
+    for target in ("mysql://u@h/db", "postgresql://deals:s3cr3t@[127.0.0.1/deals", "sqlite:////tmp/x.db"):
+        assert run_cli(["store", "migrate", "--to", target]) == 2, target
+        assert "s3cr3t" not in capsys.readouterr().err
+    # numbers no store can hold are usage errors, not tracebacks
+    huge = "99999999999999999999"
+    for args in (["watch", "remove", huge], ["history", "--limit", huge], ["watch", "recipient", "+15551234567", "--daily-cap", huge]):
+        assert run_cli(args) == 2, args
+        assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_feed_key_on_the_command_line_is_not_recorded(deals_home, monkeypatch):
+    from deals.memory.lock import command_line
+
+    monkeypatch.setattr("sys.argv", ["deals", "run", "--feed", "https://feeds.example.com/rss?key=SECRETKEY123&cat=tech"])
+    assert "SECRETKEY123" not in command_line() and "feeds.example.com/rss" in command_line()
+    with Store(deals_home / "deals.db") as store:
+        store.worker_id  # noqa: B018 - registers this process, command line and all
+        commands = [w.command for w in store.workers()]
+        assert len(commands) == 1 and "SECRETKEY123" not in commands[0] and "--feed" in commands[0]

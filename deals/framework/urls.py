@@ -10,6 +10,9 @@
                           give one deal and one SMS
     entry_key(guid, link) a feed entry's identity: the dedupe key of its guid when that is an
                           http(s) URL (a stable permalink), else of its link, else "guid:..."
+    redact_url(url)       the URL as shown to people: user info and secret-looking query
+                          values (key, token, sig, password...) as ***
+    redact_urls_in(text)  every http(s) URL in a text (an error, a command line) through it
 
 Keys are stored (seen entries, deals): changing `dedupe_key` needs a migration that adds
 the new form of the stored keys (see m007 in deals.memory.migrations).
@@ -18,9 +21,11 @@ the new form of the stored keys (see m007 in deals.memory.migrations).
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from w3lib.url import canonicalize_url
+
+from deals.framework.dburl import redact
 
 TRACKING_PARAMS: frozenset[str] = frozenset(
     {
@@ -95,4 +100,32 @@ def entry_key(guid: str | None, link: str | None) -> str:
     raise ValueError("entry has neither a guid nor an http(s) link")
 
 
-__all__ = ["TRACKING_PARAMS", "TRACKING_PREFIXES", "canonical_url", "dedupe_key", "entry_key"]
+SECRET_NAME = re.compile(r"(token|secret|password|passwd|api_?key|auth|credential|sid)$", re.I)
+"""Setting and query parameter names whose values are secrets."""
+
+
+def redact_url(value: str) -> str:
+    """The URL with its user info and secret-looking query values (key, token, sig...) as ***."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # not a URL urllib can split (a typo in a setting): still no password shown
+        return redact(value)
+    if not parts.scheme or not parts.netloc:
+        return value
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = urlencode([(k, "***" if SECRET_NAME.search(k) or k.lower() in ("key", "sig", "signature") else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)])  # fmt: skip
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` (an error message, say) with every URL in it through `redact_url`."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+__all__ = ["SECRET_NAME", "TRACKING_PARAMS", "TRACKING_PREFIXES", "canonical_url", "dedupe_key", "entry_key", "redact_url", "redact_urls_in"]

@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from pydantic import BaseModel
 
 from deals.framework.models import Deal
 from deals.memory.dialect import in_chunks
+from deals.memory.lock import command_line
 
 log = logging.getLogger("deals.memory.claims")
 
@@ -129,7 +129,7 @@ class Claims:
 
     def register_worker(self, command: str | None = None) -> int:
         """Register this process as a worker of the store (again, if it was taken for dead); its id."""
-        command = (command or self._worker_command or " ".join(["deals", *sys.argv[1:]]))[:200]
+        command = (command or self._worker_command or command_line())[:200]
         self._worker_command = command
         with self.transaction() as db:
             row = db.execute(

@@ -174,9 +174,10 @@ def copy_store(
         state = done.get(table)
         if state is None or not state["done"]:
             entry.copied_now = _copy_table(source, target, table, columns, key, state, where_from, chunk_rows, total, progress)
+        used = source.dialect.highest_id_used(source.db, table)
         for column in target.dialect.identity_columns(target.db, table):
             with target.transaction() as db:
-                target.dialect.reset_identity(db, table, column)
+                target.dialect.reset_identity(db, table, column, used)
         report.tables.append(entry)
     for entry in report.tables:
         columns = source.dialect.columns(source.db, entry.name)
@@ -186,8 +187,9 @@ def copy_store(
         if (rows_source, sum_source) != (rows_target, sum_target):
             raise CopyError(
                 f"verification failed for table {entry.name}: source {rows_source} rows (sha256 {sum_source[:12]}), "
-                f"target {rows_target} rows (sha256 {sum_target[:12]}); the source changed during the copy, or the "
-                "target was written meanwhile"
+                f"target {rows_target} rows (sha256 {sum_target[:12]}): the source changed since the copy began (a daemon "
+                "ran on it between two runs of the copy?), or the target was written meanwhile. Stop every daemon, empty "
+                "the target (DROP SCHEMA ... CASCADE, or a new database) and run the copy again"
             )
         entry.rows, entry.checksum, entry.verified = rows_source, sum_source, True
         with target.transaction() as db:
@@ -220,21 +222,29 @@ def _copy_table(
     positions = [list(columns).index(k) for k in key]
     copied_now = 0
     for rows in _walk(source, table, columns, key, chunk_rows, after):
-        after = [rows[-1][i] for i in positions]
-        with target.transaction() as db:
-            for start in range(0, len(rows), per_insert):
-                part = rows[start : start + per_insert]
-                marks = ", ".join("(" + ", ".join("?" * len(columns)) + ")" for _ in part)
+        last = [rows[-1][i] for i in positions]
+        try:
+            with target.transaction() as db:
+                for start in range(0, len(rows), per_insert):
+                    part = rows[start : start + per_insert]
+                    marks = ", ".join("(" + ", ".join("?" * len(columns)) + ")" for _ in part)
+                    db.execute(
+                        f"INSERT INTO {quote(table)} ({cols}) VALUES {marks} ON CONFLICT DO NOTHING",
+                        [value for row in part for value in row],
+                    )
                 db.execute(
-                    f"INSERT INTO {quote(table)} ({cols}) VALUES {marks} ON CONFLICT DO NOTHING",
-                    [value for row in part for value in row],
+                    "UPDATE store_copy SET copied = ?, last_key = ?, updated_at = ? WHERE name = ?",
+                    (copied + len(rows), json.dumps(last), to_text(target.clock()), table),
                 )
-            copied += len(rows)
-            copied_now += len(rows)
-            db.execute(
-                "UPDATE store_copy SET copied = ?, last_key = ?, updated_at = ? WHERE name = ?",
-                (copied, json.dumps(after), to_text(target.clock()), table),
-            )
+        except target.dialect.IntegrityError as exc:
+            raise CopyError(
+                f"table {table}: a row up to key {last} is refused by the target ({' '.join(str(exc).split())[:300]}). "
+                "SQLite enforces foreign keys only when asked, so the source may hold rows that refer to missing ones "
+                "(after a manual edit or a recovery): repair or delete them, then run the copy again"
+            ) from None
+        after = last
+        copied += len(rows)
+        copied_now += len(rows)
         if progress is not None:
             progress(table, copied, total)
     with target.transaction() as db:

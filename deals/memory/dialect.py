@@ -329,14 +329,27 @@ class Dialect:
             return {row[0] for row in rows}
         return {row[2] for row in db.execute(f"PRAGMA foreign_key_list({quote(table)})").fetchall()}
 
-    def reset_identity(self, db: Any, table: str, column: str = "id") -> None:
-        """After rows were copied in with their ids: new rows get the next id (PostgreSQL only)."""
+    def reset_identity(self, db: Any, table: str, column: str = "id", used: int = 0) -> None:
+        """After rows were copied in with their ids: new rows get an id above every copied one
+        and above `used`, the highest the source ever gave (PostgreSQL only; an id removed
+        at the source is never given again, as SQLite's AUTOINCREMENT promised)."""
         if not self.is_postgresql:
             return
         db.execute(
-            f"SELECT setval(pg_get_serial_sequence(?, ?), COALESCE((SELECT MAX({quote(column)}) FROM {quote(table)}), 0) + 1, false)",
-            (table, column),
+            f"SELECT setval(pg_get_serial_sequence(?, ?), "
+            f"GREATEST(COALESCE((SELECT MAX({quote(column)}) FROM {quote(table)}), 0), ?) + 1, false)",
+            (table, column, int(used)),
         )
+
+    def highest_id_used(self, db: Any, table: str) -> int:
+        """The highest id an AUTOINCREMENT table ever gave (SQLite's sqlite_sequence); 0 elsewhere."""
+        if self.is_postgresql:
+            return 0
+        try:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        except sqlite3.OperationalError:  # no AUTOINCREMENT table in this database
+            return 0
+        return int(row[0]) if row else 0
 
     def identity_columns(self, db: Any, table: str) -> list[str]:
         if self.is_postgresql:

@@ -41,9 +41,16 @@ from pathlib import Path
 from typing import Any
 
 from deals.framework.errors import DealsError
+from deals.framework.urls import redact_urls_in
 from deals.memory.dialect import DAEMON_LOCK
 
 log = logging.getLogger("deals.memory.lock")
+
+
+def command_line() -> str:
+    """This process's command as the lock and the workers table record it: feed URLs' keys
+    and passwords hidden (the lock file is readable by other users; `deals store status` shows it)."""
+    return redact_urls_in(" ".join(["deals", *sys.argv[1:]]))[:200]
 
 
 class StoreLockedError(DealsError):
@@ -68,7 +75,7 @@ class StoreLock:
 
     def __init__(self, store_path: str | os.PathLike[str], *, command: str | None = None) -> None:
         self.path = Path(f"{store_path}.lock")
-        self.command = command or " ".join(["deals", *sys.argv[1:]])[:200]
+        self.command = command or command_line()
         self._fd: int | None = None
 
     @property
@@ -156,7 +163,7 @@ class PostgresLock:
 
         self.url = url
         self.where = redact(url)
-        self.command = command or " ".join(["deals", *sys.argv[1:]])[:200]
+        self.command = command or command_line()
         self._db: Any = None
 
     @property

@@ -53,13 +53,14 @@ from deals.agents.watchlist import Watchlist, mask, parse_quiet
 from deals.framework.errors import DealsError
 from deals.framework.settings import Settings, WatchRule, check_feed_url, e164
 from deals.framework.text import money
+from deals.framework.urls import redact_url
 from deals.memory.history import DECISIONS
 from deals.memory.store import ALERT_STATES, Store, to_text
 from deals.memory.views import DealFilter
 from deals.memory.watches import FeedControl
 from deals.web import charts
 from deals.web.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, SECURITY_HEADERS, SESSION_COOKIE, Guard
-from deals.web.settings_view import error_text, redact_url, redacted_settings, secret_status
+from deals.web.settings_view import error_text, redacted_settings, secret_status
 
 STATIC = Path(__file__).with_name("static")
 OPEN_PATHS = ("/login", "/static/", "/healthz")

@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 
 from deals.agents.watchlist import mask, mask_numbers_in
-from deals.framework.dburl import redact
+from deals.framework.urls import SECRET_NAME, redact_url, redact_urls_in
 from deals.framework.settings import Settings
 
 SECRET_ENV = (
@@ -30,33 +29,8 @@ SECRET_ENV = (
     "DEALS_DASHBOARD_TOKEN",
     "PGPASSWORD",  # the PostgreSQL store's password, when store.url does not carry it
 )
-_SECRET_NAME = re.compile(r"(token|secret|password|passwd|api_?key|auth|credential|sid)$", re.I)
 _PHONE = re.compile(r"^\+\d{6,16}$")
 HIDDEN = "*** (hidden)"
-
-
-def redact_url(value: str) -> str:
-    """The URL with its user info and secret-looking query values (key, token, sig...) as ***."""
-    try:
-        parts = urlsplit(value)
-    except ValueError:  # not a URL urllib can split (a typo in a setting): still no password shown
-        return redact(value)
-    if not parts.scheme or not parts.netloc:
-        return value
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = urlencode([(k, "***" if _SECRET_NAME.search(k) or k.lower() in ("key", "sig", "signature") else v)
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)])  # fmt: skip
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
-
-
-def redact_urls_in(text: str) -> str:
-    """`text` (an error message, say) with every URL in it through `redact_url`."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
 def error_text(text: str | None) -> str:
@@ -71,7 +45,7 @@ def _clean(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [_clean(v, key) for v in value]
     if isinstance(value, str):
-        if key and _SECRET_NAME.search(key):
+        if key and SECRET_NAME.search(key):
             return HIDDEN
         if _PHONE.match(value):
             return mask(value)
@@ -91,4 +65,4 @@ def secret_status(environ: dict[str, str] | None = None) -> list[tuple[str, bool
     return [(name, bool(env.get(name, "").strip())) for name in SECRET_ENV]
 
 
-__all__ = ["HIDDEN", "SECRET_ENV", "error_text", "redact_url", "redacted_settings", "secret_status"]
+__all__ = ["HIDDEN", "SECRET_ENV", "error_text", "redacted_settings", "secret_status"]
