@@ -104,3 +104,17 @@ def test_an_interval_wider_than_the_distributions_reach_is_refused():
     for level in (0.95, 0.99):
         with pytest.raises(ValidationError, match="interval_level"):
             Settings.model_validate({"pricing": {"interval_level": level}})
+
+
+def test_importing_deals_turns_off_what_libraries_would_send_home():
+    """ONNX Runtime 1.29+ looks up a Microsoft host seconds after a session starts unless told
+    not to, before it loads; an explicit choice in the environment is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORT_") and k != "ANONYMIZED_TELEMETRY"}
+    code = "import os, deals; print(os.environ['ORT_DISABLE_TELEMETRY'], os.environ['ANONYMIZED_TELEMETRY'])"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split() == ["1", "False"]
+    env["ORT_DISABLE_TELEMETRY"] = "0"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()[0] == "0"
