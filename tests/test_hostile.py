@@ -409,6 +409,16 @@ def test_log_lines_are_one_line_each_and_free_of_escapes_when_not_a_terminal(cap
     assert "Traceback" in lines[1] and "ValueError: boom" in lines[1]
 
 
+def test_feed_keys_and_passwords_in_urls_never_reach_the_log(capsys):
+    keyed = "https://feeds.example.com/rss?api_key=SECRET123&cat=tech"
+    for json_logs in (False, True):
+        setup_logging("INFO", json_logs=json_logs)
+        logging.getLogger("deals.test").info("feed %s: ok, 6 entries", keyed)
+        logging.getLogger("deals.test").warning("fetch failed: https://reader:pw-s3cr3t@feeds2.example/rss")
+        err = capsys.readouterr().err
+        assert "SECRET123" not in err and "pw-s3cr3t" not in err and "feeds.example.com/rss" in err, err
+
+
 # =========================================================================== Medium 6: quadratic HTML
 
 

@@ -416,6 +416,31 @@ def test_one_dns_question_per_host_for_a_feed_and_its_redirect():
     client.close()
 
 
+def test_a_validator_that_cannot_be_sent_back_never_stops_the_feed():
+    """A server sending a non-ASCII ETag must not leave a value stored that no request can carry."""
+    recent = RECENT.read_bytes()
+    sent: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(dict(request.headers))
+        return httpx.Response(
+            200, content=recent, headers=[(b"Content-Type", b"application/rss+xml"), (b"ETag", b'W/"r\xc3\xa9v-1"'), (b"Last-Modified", b"Mon, 01 Dec 2026 07:00:00 GMT")]
+        )
+
+    client = make_client(timeout_s=1, user_agent="t", transport=httpx.MockTransport(handler))
+    reader = RssReader(make_settings(), client=client, clock=Clock(), resolve=lambda host, port: ["93.184.215.14"])
+    url = "https://ok.example/rss"
+    first = reader.read([url], {})
+    state = first.states[url]
+    assert first.feed_results[0].status == "ok" and state.etag is None and state.last_modified == "Mon, 01 Dec 2026 07:00:00 GMT"
+    stored_before = state.model_copy(update={"etag": 'W/"r\u00e9v-1"'})  # kept by an older version
+    again = reader.read([url], {url: stored_before})
+    assert again.feed_results[0].status == "ok" and again.states[url].error_count == 0
+    assert "if-none-match" not in sent[-1] and sent[-1]["if-modified-since"] == "Mon, 01 Dec 2026 07:00:00 GMT"
+    reader.close()
+    client.close()
+
+
 def test_backoff_skips_failing_feeds_until_due_and_marks_them_unhealthy(feed_server, reader_for):  # noqa: F811
     url = feed_server.route("/flaky.xml", status=500)
     clock = Clock()

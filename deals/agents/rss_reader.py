@@ -148,12 +148,13 @@ class RssReader(Agent):
             "unhealthy": False,
             "last_success_at": now,
         }
+        etag, modified = _validator(response.headers.get("etag")), _validator(response.headers.get("last-modified"))
         if response.status_code == 304:  # keep the validators unless the server sent new ones
-            update["etag"] = response.headers.get("etag") or state.etag
-            update["last_modified"] = response.headers.get("last-modified") or state.last_modified
+            update["etag"] = etag or state.etag
+            update["last_modified"] = modified or state.last_modified
         else:
-            update["etag"] = response.headers.get("etag")
-            update["last_modified"] = response.headers.get("last-modified")
+            update["etag"] = etag
+            update["last_modified"] = modified
         return state.model_copy(update=update)
 
     # ------------------------------------------------------------------ reading
@@ -216,10 +217,10 @@ class RssReader(Agent):
 
     def _read_one(self, url: str, state: FeedState, now: datetime) -> tuple[FeedState, FeedResult, list[FeedEntry]]:
         headers = {"Accept": FEED_ACCEPT}
-        if state.etag:
-            headers["If-None-Match"] = state.etag
-        if state.last_modified:
-            headers["If-Modified-Since"] = state.last_modified
+        if _validator(state.etag):  # stored before validators were checked: a bad one is dropped, not sent
+            headers["If-None-Match"] = str(state.etag)
+        if _validator(state.last_modified):
+            headers["If-Modified-Since"] = str(state.last_modified)
         resolve = _resolving_once(self._resolve or resolve_host)  # the guard and the fetch ask DNS once
         response = fetch_guarded(
             self.client,
@@ -311,6 +312,16 @@ class RssReader(Agent):
             return entry
         details = f"{entry.details}\n\n{text}" if entry.details else text
         return entry.model_copy(update={"details": details})
+
+
+def _validator(value: str | None) -> str | None:
+    """An ETag or Last-Modified worth sending back: printable ASCII of sane length, else None.
+
+    A server that sends non-ASCII bytes there would otherwise stop the feed for good: the
+    stored value could never be sent in a request header again."""
+    if not value or len(value) > 512 or not all(" " <= c <= "~" for c in value):
+        return None
+    return value
 
 
 def _resolving_once(resolve: Resolver) -> Resolver:

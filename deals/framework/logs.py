@@ -12,7 +12,9 @@ Three shapes, one record per line where a machine reads them:
 
 Messages carry text from the outside world (feed titles, URLs, provider errors): control
 characters (ANSI/OSC escape sequences) and bidi overrides are stripped in every shape
-(deals.framework.text), so a feed cannot drive the terminal that reads the log.
+(deals.framework.text), so a feed cannot drive the terminal that reads the log; and every
+URL in them is redacted (deals.framework.urls.redact_urls_in), so a feed's API key or a
+password in a link never reaches a log file.
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ import logging
 import sys
 
 from deals.framework.text import strip_controls
+from deals.framework.urls import redact_urls_in
 
 _HANDLER_NAME = "deals"
+
+
+def _shown(text: str) -> str:
+    return redact_urls_in(strip_controls(text))
 
 
 class _SafeFormatter(logging.Formatter):
@@ -34,7 +41,7 @@ class _SafeFormatter(logging.Formatter):
         self.one_line = one_line
 
     def format(self, record: logging.LogRecord) -> str:
-        text = strip_controls(super().format(record))
+        text = _shown(super().format(record))
         return text.replace("\n", "\\n") if self.one_line else text
 
 
@@ -44,10 +51,10 @@ class _JsonFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
-            "message": strip_controls(record.getMessage()),
+            "message": _shown(record.getMessage()),
         }
         if record.exc_info:
-            payload["exception"] = strip_controls(self.formatException(record.exc_info))
+            payload["exception"] = _shown(self.formatException(record.exc_info))
         return json.dumps(payload, ensure_ascii=False)
 
 
