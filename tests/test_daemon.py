@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -198,12 +199,23 @@ def test_no_logging_handler_is_added_per_cycle():
     assert root.handlers == before
 
 
-def test_the_job_is_configured_for_one_instance_coalesced_with_jitter():
+def test_the_job_is_configured_for_one_instance_coalesced_with_jitter_that_does_not_drift(monkeypatch):
     orchestrator = Orchestrator(Cycles(), SchedulerSettings(interval_minutes=30, jitter_s=60))
     scheduler = orchestrator.build_scheduler()
     job = scheduler.get_job("deals-cycle")
     assert job.max_instances == 1 and job.coalesce is True and job.misfire_grace_time == 1800
-    assert job.trigger.interval.total_seconds() == 1800 and job.trigger.jitter == 60
+    # the ticks stay on the 30-minute grid: a week of them is a week (APScheduler's jitter drifts)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    ticks, previous = [], None
+    for _ in range(336):
+        previous = job.trigger.get_next_fire_time(previous, previous or start)
+        ticks.append(previous)
+    assert ticks[-1] - ticks[0] == timedelta(minutes=30 * 335)
+    # the delay is taken inside the job (not by the cycle at start), and a stop ends it without a cycle
+    waits: list[float] = []
+    monkeypatch.setattr(orchestrator.stopping, "wait", lambda s: waits.append(s) or True)
+    assert orchestrator._jittered_cycle() is not None and waits == [] and orchestrator.cycles == 1
+    assert orchestrator._jittered_cycle() is None and 0 <= waits[0] <= 60 and orchestrator.cycles == 1
 
 
 # --------------------------------------------------------------------------- CLI: history and notify-test
