@@ -147,6 +147,30 @@ def test_an_index_seeded_from_an_older_starter_is_reseeded_but_one_with_own_prod
     assert kept.count() == starter_manifest()["count"] and "rebuild with `deals index --rebuild`" in caplog.text
 
 
+def test_a_starter_load_cut_short_is_loaded_again_at_the_next_start(deals_home, monkeypatch, caplog):
+    """A daemon stopped (or OOM-killed) while it loads the starter must not leave half an index for good."""
+    from deals.memory import vectors
+
+    settings = Settings()
+    real_add, calls = vectors.VectorStore.add, []
+
+    def add_then_die(self, products, vecs):  # type: ignore[no-untyped-def]
+        calls.append(len(products))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process goes away in the middle of the load
+        return real_add(self, products, vecs)
+
+    monkeypatch.setattr(vectors.VectorStore, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        open_catalogue(settings, progress=False)
+    monkeypatch.setattr(vectors.VectorStore, "add", real_add)
+    with caplog.at_level("WARNING"):
+        store = open_catalogue(settings, progress=False)
+    assert "only partly loaded" in caplog.text
+    assert store.count() == starter_manifest()["count"] and store.metadata["starter"] == starter_manifest()["products_sha256"]
+    assert "starter_loading" not in store.metadata
+
+
 def test_knn_excludes_the_item_itself(seeded_home):
     settings = Settings()
     pricer = KnnPricer.from_settings(settings, progress=False)

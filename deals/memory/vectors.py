@@ -173,7 +173,13 @@ class VectorStore:
 
     def mark_seeded(self, starter: str, count: int) -> None:
         """Record which bundled starter catalogue (by digest) filled this collection, and how many products it had."""
-        self.collection.modify(metadata={**self.metadata, "embedder": self.fingerprint, "starter": starter, "starter_count": count})
+        meta = {k: v for k, v in self.metadata.items() if k != "starter_loading"}
+        self.collection.modify(metadata={**meta, "embedder": self.fingerprint, "starter": starter, "starter_count": count})
+
+    def mark_seeding(self, starter: str) -> None:
+        """Record that the bundled starter catalogue (by digest) is being written: an index
+        left with this mark and without `mark_seeded` was interrupted half-way."""
+        self.collection.modify(metadata={**self.metadata, "embedder": self.fingerprint, "starter_loading": starter})
 
     def reset(self) -> None:
         """Delete every record (keeps the collection)."""

@@ -58,6 +58,7 @@ def seed_starter(store: VectorStore, settings: Settings, *, directory: Path = ST
     """Write the starter catalogue into `store`; returns the number of products written."""
     manifest = starter_manifest(directory)
     products = starter_products(directory)
+    store.mark_seeding(manifest["products_sha256"])
     if manifest.get("fingerprint") == store.fingerprint:
         vectors = np.load(directory / STARTER_VECTORS).astype(np.float32)
         if len(vectors) != len(products):
@@ -103,6 +104,10 @@ def _refresh_starter(store: VectorStore, settings: Settings, *, progress: bool) 
     seeded = store.metadata.get("starter")
     current = starter_manifest().get("products_sha256")
     if seeded == current:
+        return
+    if not seeded and store.metadata.get("starter_loading"):  # stopped or killed while loading it
+        log.warning("the bundled starter catalogue was only partly loaded (the load was interrupted); loading it again")
+        store.reset()
         return
     if seeded and store.count() == store.metadata.get("starter_count"):
         log.warning("the bundled starter catalogue changed since the index was seeded; re-seeding it")
