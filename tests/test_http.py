@@ -245,3 +245,59 @@ def test_guarded_fetch_gives_up_after_too_many_redirects(feed_server):  # noqa: 
         with pytest.raises(FetchError, match="too many redirects"):
             fetch_guarded(c, feed_server.url("/loop"), max_bytes=1000, timeout_s=2, allow_private=True, max_redirects=3)
     assert len(feed_server.requests_to("/loop")) == 4
+
+
+def test_a_dns_lookup_that_hangs_counts_against_the_deadline_and_a_shutdown_ends_it():
+    """getaddrinfo honours no timeout: a silent DNS server held a 2 s feed read for 10 s."""
+    import threading
+
+    from deals.framework import deadline
+    from deals.framework.errors import Cancelled
+    from deals.framework.http import check_url, fetch_guarded, make_client
+
+    def silent_dns(host: str, port: int) -> list[str]:
+        time.sleep(3)
+        return ["93.184.215.14"]
+
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="cannot resolve host 'slow.example'"):
+        check_url("https://slow.example/rss", resolve=silent_dns, timeout_s=0.5)
+    assert time.monotonic() - started < 1.5
+    with make_client(timeout_s=1, user_agent="t", keepalive=False) as client:
+        started = time.monotonic()
+        with pytest.raises(FetchError):
+            fetch_guarded(client, "https://slow.example/rss", max_bytes=1000, timeout_s=0.5, resolve=silent_dns)
+        assert time.monotonic() - started < 1.5
+    # a shutdown does not wait for the lookup either
+    threading.Timer(0.3, deadline.cancel_requests).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Cancelled):
+            check_url("https://slow.example/rss", resolve=silent_dns, timeout_s=None)
+    finally:
+        deadline.allow_requests()
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_connection_given_up_while_it_resolves_is_closed_when_it_arrives():
+    import httpcore
+
+    from deals.framework.deadline import _Backend
+
+    closed = []
+
+    class Slow:
+        def close(self) -> None:
+            closed.append(True)
+
+    class Inner:
+        def connect_tcp(self, host, port, timeout=None, **kwargs):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)  # the lookup inside create_connection
+            return Slow()
+
+    started = time.monotonic()
+    with pytest.raises(httpcore.ConnectTimeout):
+        _Backend(Inner(), httpcore).connect_tcp("api.example", 443, timeout=0.3)
+    assert time.monotonic() - started < 0.9
+    time.sleep(1.2)
+    assert closed == [True]

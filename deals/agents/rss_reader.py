@@ -254,7 +254,7 @@ class RssReader(Agent):
     def _is_public(self, url: str, resolve: Resolver) -> bool:
         """Whether a configured feed URL resolves to public addresses only (its redirects must too)."""
         try:
-            check_url(url, resolve=resolve)
+            check_url(url, resolve=resolve, timeout_s=self.feeds.timeout_s)
         except UnsafeURLError:
             return False
         return True

@@ -34,10 +34,13 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from deals.framework.errors import Cancelled
+
+T = TypeVar("T")
 
 CANCEL_POLL_S = 0.2
 """Longest a blocked read waits before looking at the shutdown flag again."""
@@ -68,6 +71,45 @@ def check_cancelled(what: str = "request") -> None:
     """Raise `Cancelled` when a shutdown is in progress."""
     if _shutdown.is_set():
         raise Cancelled(f"{what} cancelled: shutting down")
+
+
+def within(call: Callable[[], T], timeout: float | None, what: str, *, discard: Callable[[T], None] | None = None) -> T:
+    """`call()`, given at most `timeout` seconds and cancelled by a shutdown, for calls that
+    honour neither: the system resolver's getaddrinfo (a silent DNS server holds it ~10 s).
+
+    The call runs on a daemon thread; when it is given up (TimeoutError, or `Cancelled`) it
+    is left to finish on its own, and what it returns then goes to `discard` (a socket to
+    close)."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+        with lock:
+            done.set()
+            late = box.get("abandoned") and "value" in box
+        if late and discard is not None:
+            discard(box["value"])
+
+    threading.Thread(target=run, name=f"deals-{what}", daemon=True).start()
+    end = None if timeout is None else time.monotonic() + timeout
+    while not done.wait(CANCEL_POLL_S if end is None else max(0.0, min(CANCEL_POLL_S, end - time.monotonic()))):
+        stop = _shutdown.is_set()
+        if stop or (end is not None and time.monotonic() >= end):
+            with lock:
+                if not done.is_set():
+                    box["abandoned"] = True
+                    if stop:
+                        raise Cancelled(f"{what} cancelled: shutting down")
+                    raise TimeoutError(f"{what} took longer than {timeout:g}s")
+            break
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 # --------------------------------------------------------------------------- the network backend
@@ -134,6 +176,13 @@ class _Stream:
         return self._inner.get_extra_info(info)
 
 
+def _close(stream: Any) -> None:
+    try:
+        stream.close()
+    except Exception:  # noqa: BLE001 - a late connection nobody waits for
+        pass
+
+
 class _Backend:
     """Wraps a sync network backend: connections and their streams honour the deadline."""
 
@@ -146,7 +195,11 @@ class _Backend:
         limit = _bounded(timeout)
         if limit is not None and limit <= 0:
             raise self._core.ConnectTimeout("the request's deadline passed before connecting")
-        return _Stream(self._inner.connect_tcp(host, port, limit, **kwargs), self._core)
+        try:  # the host's DNS lookup happens in there too, and only `within` bounds that
+            inner = within(lambda: self._inner.connect_tcp(host, port, limit, **kwargs), limit, "connect", discard=_close)
+        except TimeoutError as exc:
+            raise self._core.ConnectTimeout(f"connecting to {host}: {exc}") from None
+        return _Stream(inner, self._core)
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, **kwargs: Any) -> _Stream:
         check_cancelled()

@@ -33,7 +33,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from deals.framework.deadline import deadline_transport
+from deals.framework.deadline import deadline_transport, within
 from deals.framework.errors import FetchError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -141,11 +141,14 @@ def _parse_url(url: str | httpx.URL) -> httpx.URL:
     return parsed
 
 
-def check_url(url: str | httpx.URL, *, allow_private: bool = False, resolve: Resolver | None = None) -> list[IPAddress]:
+def check_url(
+    url: str | httpx.URL, *, allow_private: bool = False, resolve: Resolver | None = None, timeout_s: float | None = None
+) -> list[IPAddress]:
     """Check an untrusted URL; return the addresses it may be fetched from (empty when `allow_private`).
 
     Raises UnsafeURLError for another scheme, no host, or a host with any address that is
-    not public (unless `allow_private`), and FetchError when the host does not resolve.
+    not public (unless `allow_private`), and FetchError when the host does not resolve, or
+    not within `timeout_s` (the lookup counts against the request's deadline).
     """
     parsed = _parse_url(url)
     if allow_private:
@@ -154,7 +157,11 @@ def check_url(url: str | httpx.URL, *, allow_private: bool = False, resolve: Res
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
-        raw = (resolve or resolve_host)(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            raw = within(lambda: (resolve or resolve_host)(host, port), timeout_s, f"resolving {host}")
+        except TimeoutError as exc:
+            raise FetchError(f"cannot resolve host {host!r}: {exc}") from None
         if not raw:
             raise FetchError(f"cannot resolve host {host!r}: no addresses") from None
         addresses = [ipaddress.ip_address(str(a).split("%", 1)[0]) for a in raw]
@@ -274,7 +281,10 @@ def fetch_guarded(
         left = deadline - time.monotonic()
         if left <= 0:
             raise FetchError(f"timed out after {timeout_s:g}s following redirects from {url}")
-        addresses = check_url(current, allow_private=allow_private, resolve=resolve)
+        addresses = check_url(current, allow_private=allow_private, resolve=resolve, timeout_s=left)
+        left = deadline - time.monotonic()  # the lookup took its share
+        if left <= 0:
+            raise FetchError(f"timed out after {timeout_s:g}s resolving the host of {current}")
         parsed = _parse_url(current)
         request_headers = dict(headers or {})
         extensions: dict[str, object] = {}
