@@ -597,9 +597,10 @@ def notify_test(ctx: typer.Context) -> None:
         messenger = Messenger(settings, store)
         try:
             ids = messenger.send_test()
-            where = getattr(messenger.notifier, "base_url", None)
-            via = messenger.notifier.name + (f" ({where})" if where else "")
             for recipient, sid in zip(messenger.recipients, ids, strict=True):
+                notifier = messenger.notifier_for(recipient)
+                where = getattr(notifier, "base_url", None)
+                via = notifier.name + (f" ({where})" if where else "")
                 console.print(plain(f"test message sent via {via} to {recipient}: {sid}"))
         finally:
             messenger.close()

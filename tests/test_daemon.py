@@ -274,10 +274,16 @@ def test_notify_test_sends_through_the_real_twilio_sdk_to_the_base_url_from_the_
     assert AUTH_TOKEN not in result.output
 
 
-def test_notify_test_without_twilio_prints_to_the_console(deals_home):
+def test_notify_test_without_twilio_prints_to_the_console(deals_home, monkeypatch):
     result = CliRunner().invoke(app, ["notify-test"])
     assert result.exit_code == 0, result.output
     assert "[deals alert] deals: test message" in result.output and "via console" in result.output
+    # Twilio configured but nobody to text: printed, and said so (not "via twilio")
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+    monkeypatch.setenv("TWILIO_FROM_NUMBER", "+15550000000")
+    result = CliRunner().invoke(app, ["notify-test"])
+    assert result.exit_code == 0 and "via console" in result.output and "twilio" not in result.output, result.output
 
 
 def test_notify_test_reports_a_rejected_number(deals_home, monkeypatch, tmp_path, capsys):

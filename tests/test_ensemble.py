@@ -189,6 +189,13 @@ def test_weights_file_round_trip_and_content(tmp_path):
     path.write_text("{not json")
     with pytest.raises(DataError, match="not a valid ensemble weights file"):
         load_fit(path)
+    # a version-2 fit is still good unless it blends kNN or ridge, whose estimates changed scale in version 3
+    save_fit(fit.model_copy(update={"version": 2}), path)
+    assert load_fit(path).version == 3
+    knn = {"knn" if name == "test-a" else name: values for name, values in members.items()}
+    save_fit(fit_ensemble(knn, truth, losses=("log_l2",)).model_copy(update={"version": 2}), path)
+    with pytest.raises(DataError, match="version 2, expected 3"):
+        load_fit(path)
 
 
 # --------------------------------------------------------------------------- the pricer at run time

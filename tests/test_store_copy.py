@@ -178,7 +178,7 @@ def test_a_password_holding_url_delimiters_is_never_shown(deals_home, capsys, mo
     """libpq takes 'Xy7?kQ2#mz' as the password of postgresql://deals:Xy7?kQ2#mz@host/db; urllib would not."""
     from deals.framework.dburl import password_of, redact
 
-    for password in ("Xy7?kQ2mz", "Xy7?kQ2#mz", "a:b/c"):
+    for password in ("Xy7?kQ2mz", "Xy7?kQ2#mz", "a:b"):
         url = f"postgresql://deals:{password}@127.0.0.1:1/deals"
         assert password not in redact(url) and redact(url).startswith("postgresql://deals:***@127.0.0.1:1") and password_of(url) == password
         monkeypatch.setenv("DEALS_STORE__URL", url)
@@ -186,6 +186,10 @@ def test_a_password_holding_url_delimiters_is_never_shown(deals_home, capsys, mo
         shown = capsys.readouterr()
         assert password not in shown.out + shown.err
     assert password_of("postgresql://deals@db/deals?password=pw1") == "pw1" and password_of("postgresql://deals@db/deals") is None
+    # an "@" after the path belongs to a parameter, not to the authority
+    quirky = "postgresql://db:5432/deals?application_name=deals@laptop"
+    assert redact(quirky) == quirky and password_of(quirky) is None
+    assert redact("postgresql://u:pw@db/deals?application_name=me@laptop") == "postgresql://u:***@db/deals?application_name=me@laptop"
 
 
 def test_migrate_copies_the_configured_sqlite_store_and_keeps_removed_ids_retired(tmp_path, deals_home, pg_url, monkeypatch, capsys):

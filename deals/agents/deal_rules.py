@@ -99,7 +99,8 @@ _OFFER_PROBLEMS: list[tuple[re.Pattern[str], str]] = [
         ),
         "a subscription or rental price",
     ),
-    (re.compile(rf"{_MONEY}\s*(?:-|–|—|to)\s*(?:{_MONEY}|\d{{1,3}}(?:,\d{{3}})+|\d+)(?![\d%])", re.I), "a price range"),
+    # "$10 - $40", "$699 - 1,199"; not "$499 - 2024 model", "$15 - 2 Pack", "$189 - 24 hours only"
+    (re.compile(rf"{_MONEY}\s*(?:-|–|—|to)\s*(?:{_MONEY}|\d{{1,3}}(?:,\d{{3}})+(?:\.\d{{2}})?\b)", re.I), "a price range"),
     # "2 for $5", "Buy 2 ... for $30", "two for $50"; not "Google Pixel 8 for $499" (a model number)
     (
         re.compile(rf"(?:^|[,;:(\-–—|]\s*|\b(?:buy|get|any|pick)\s+)\b{_COUNT}\s*(?:for|/)\s*{_MONEY}|\bbuy\s+{_COUNT}\b[^$]*\bfor\s+{_MONEY}", re.I),

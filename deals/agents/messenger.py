@@ -144,8 +144,8 @@ def format_alert(opp: Opportunity, max_chars: int = 306, notes: Sequence[str] = 
     `alert_notes`).
 
     The name is shortened (with "...") first, but keeps at least `MIN_NAME` characters.
-    When that leaves no room, the rest gives way in this order: the notes, the link's query
-    string, the link itself (it stays in `deals history`), the interval. The price, the
+    When that leaves no room, the rest gives way in this order: the link's query string, the
+    notes, the link itself (it stays in `deals history`), the interval. The price, the
     estimate and the saving are never cut: with a very small `max_chars` the name gets what
     room they leave.
     """
@@ -338,9 +338,9 @@ class Messenger(Agent):
             local = self.clock().astimezone(self.zone)
             body = f"deals: test message, {local:%Y-%m-%d %H:%M %Z}. SMS alerts are working."
         body = to_gsm7(body)
-        return [self._notifier(recipient).send(recipient, body) for recipient in self.recipients]
+        return [self.notifier_for(recipient).send(recipient, body) for recipient in self.recipients]
 
-    def _notifier(self, recipient: str) -> Notifier:
+    def notifier_for(self, recipient: str) -> Notifier:
         """The console for the console recipient, the configured notifier for everyone else."""
         return self.console if recipient == CONSOLE_RECIPIENT else self.notifier
 
@@ -387,7 +387,7 @@ class Messenger(Agent):
     def _reconcile_one(self, alert: AlertRow, report: MessengerReport) -> None:
         """Ask the provider about one claimed alert left in 'sending': sent, or queued again."""
         try:
-            sid = self._notifier(alert.recipient).find_sent(alert.recipient, alert.body, self._lookback(alert))
+            sid = self.notifier_for(alert.recipient).find_sent(alert.recipient, alert.body, self._lookback(alert))
         except NotifyError as exc:
             report.unknown += 1
             report.errors.append(str(exc))
@@ -496,7 +496,7 @@ class Messenger(Agent):
             if attempt > 1:
                 self.sleep(min(self.config.retry_base_s * 2 ** (attempt - 2), 300.0))
                 try:  # the previous attempt may have gone out (timeout, 5xx): look before resending
-                    sid = self._notifier(alert.recipient).find_sent(alert.recipient, alert.body, self._lookback(alert))
+                    sid = self.notifier_for(alert.recipient).find_sent(alert.recipient, alert.body, self._lookback(alert))
                 except NotifyError as exc:
                     last = exc
                     break
@@ -512,7 +512,7 @@ class Messenger(Agent):
                 return "taken"
             send_id = self.store.begin_send(alert.id, at=self.clock())
             try:
-                sid = self._notifier(alert.recipient).send(alert.recipient, alert.body)
+                sid = self.notifier_for(alert.recipient).send(alert.recipient, alert.body)
             except PermanentNotifyError as exc:
                 self.store.end_send(send_id, "failed", error=str(exc), at=self.clock())
                 self.store.mark_alert(alert.id, "failed", error=str(exc), at=self.clock())

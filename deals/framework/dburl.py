@@ -42,9 +42,10 @@ def sqlite_path(target: str | Path) -> Path | str:
     return Path(text)
 
 
-# user:password@ in a URL's authority, the password up to the LAST "@": libpq takes a password
-# holding "?", "#" or ":" unencoded, where urllib's split would leave it outside the netloc
-_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:@/?#]*):(?P<password>.*)@(?P<rest>[^@]*)$", re.S)
+# user:password@ in a URL's authority, the password up to the last "@" before the path: libpq
+# takes a password holding "?", "#", ":" or "@" unencoded, where urllib's split would leave it
+# outside the netloc; an "@" after the path (application_name=me@laptop) is not the authority's
+_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:@/?#]*):(?P<password>[^/]*)@(?P<rest>[^@/]*(?:/.*)?)$", re.S)
 
 
 def redact(url: str | Path) -> str:

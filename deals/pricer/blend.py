@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FIT_VERSION = 2
+FIT_VERSION = 3  # 3: kNN and ridge estimates are their residual distribution's median (x1.86), not the raw output
 DEFAULT_FOLDS = 5
 MIN_ROWS = 10  # rows (items every member of a subset answered) needed to fit that subset
 FIT_COMMAND = "deals ensemble fit"
@@ -433,6 +433,8 @@ def load_fit(path: str | os.PathLike[str]) -> EnsembleFit:
         raise DataError(f"{target}: no ensemble weights file") from exc
     except (OSError, ValidationError, ValueError) as exc:
         raise DataError(f"{target}: not a valid ensemble weights file ({str(exc).splitlines()[0]})") from exc
+    if fit.version == 2 and not (fit.covers("knn") or fit.covers("ridge")):
+        fit = fit.model_copy(update={"version": FIT_VERSION})  # v3 changed only what kNN and ridge estimates mean
     if fit.version != FIT_VERSION:
         raise DataError(f"{target}: weights file version {fit.version}, expected {FIT_VERSION}; refit with `{FIT_COMMAND}`")
     return fit
