@@ -301,3 +301,54 @@ def test_a_connection_given_up_while_it_resolves_is_closed_when_it_arrives():
     assert time.monotonic() - started < 0.9
     time.sleep(1.2)
     assert closed == [True]
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it_in_memory():
+    """httpx inflates a socket read at a time (64 KB of zeros -> 64 MB) before a cap can look."""
+    import gzip
+    import threading
+    import zlib
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from deals.framework.http import BodyTooLargeError, fetch, make_client
+
+    plain = b"<rss>" + b"x" * 100_000 + b"</rss>"
+    raw_deflate = zlib.compressobj(wbits=-15)
+    bodies = {
+        "/bomb": (gzip.compress(b"\0" * 50_000_000), "gzip"),
+        "/gz": (gzip.compress(plain), "gzip"),
+        "/zlib": (zlib.compress(plain), "deflate"),
+        "/raw": (raw_deflate.compress(plain) + raw_deflate.flush(), "deflate"),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body, encoding = bodies[self.path]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Encoding", encoding)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with make_client(timeout_s=5, user_agent="t") as client:
+            for path in ("/gz", "/zlib", "/raw"):
+                assert fetch(client, base + path, max_bytes=1_000_000, timeout_s=5).content == plain, path
+            tracemalloc.start()
+            try:
+                with pytest.raises(BodyTooLargeError):
+                    fetch(client, base + "/bomb", max_bytes=1_000_000, timeout_s=5, truncate=False)
+                cut = fetch(client, base + "/bomb", max_bytes=1_000_000, timeout_s=5, truncate=True)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert cut.truncated and len(cut.content) == 1_000_000
+            assert peak < 10_000_000, peak  # 50 MB of zeros behind it; httpx's own decoding peaked at 131 MB
+    finally:
+        server.shutdown()
