@@ -8,6 +8,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import time
+
 import httpx
 import pytest
 
@@ -437,6 +439,28 @@ def test_a_validator_that_cannot_be_sent_back_never_stops_the_feed():
     again = reader.read([url], {url: stored_before})
     assert again.feed_results[0].status == "ok" and again.states[url].error_count == 0
     assert "if-none-match" not in sent[-1] and sent[-1]["if-modified-since"] == "Mon, 01 Dec 2026 07:00:00 GMT"
+    reader.close()
+    client.close()
+
+
+def test_the_dns_lookup_and_the_fetch_share_one_deadline():
+    """A slow lookup leaves the fetch only what is left of `feeds.timeout_s`, not a second one."""
+    recent = RECENT.read_bytes()
+
+    def slow_server(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.5)
+        return httpx.Response(200, content=recent, headers={"Content-Type": "application/rss+xml"})
+
+    def slow_dns(host: str, port: int) -> list[str]:
+        time.sleep(0.7)
+        return ["93.184.215.14"]
+
+    client = make_client(timeout_s=5, user_agent="t", transport=httpx.MockTransport(slow_server))
+    reader = RssReader(make_settings(timeout_s=1.0), client=client, clock=Clock(), resolve=slow_dns)
+    started = time.monotonic()
+    result = reader.read(["https://slow.example/rss"], {})
+    assert result.feed_results[0].status == "error" and "timed out" in (result.feed_results[0].error or "")
+    assert time.monotonic() - started < 1.6
     reader.close()
     client.close()
 

@@ -222,12 +222,17 @@ class RssReader(Agent):
         if _validator(state.last_modified):
             headers["If-Modified-Since"] = str(state.last_modified)
         resolve = _resolving_once(self._resolve or resolve_host)  # the guard and the fetch ask DNS once
+        started = time.monotonic()  # one deadline for the whole read, the public-address check included
+        private_ok = self.feeds.allow_private_addresses or not self._is_public(url, resolve)
+        left = self.feeds.timeout_s - (time.monotonic() - started)
+        if left <= 0:
+            raise FetchError(f"timed out after {self.feeds.timeout_s:g}s resolving the host of {url}")
         response = fetch_guarded(
             self.client,
             url,
             max_bytes=self.feeds.max_bytes,
-            timeout_s=self.feeds.timeout_s,
-            allow_private=self.feeds.allow_private_addresses or not self._is_public(url, resolve),
+            timeout_s=left,
+            allow_private=private_ok,
             truncate=False,
             headers=headers,
             resolve=resolve,
