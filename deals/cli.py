@@ -36,7 +36,7 @@ from rich.table import Table
 
 from deals.framework.errors import ConfigError, DealsError
 from deals.framework.logs import setup_logging
-from deals.framework.settings import Settings, load_settings, render_defaults
+from deals.framework.settings import MAX_DAILY_CAP, Settings, load_settings, render_defaults
 from deals.framework.text import escape_markup, plain
 
 MAX_ROW_ID = 2**62  # ids beyond what SQLite or PostgreSQL store are refused as usage errors
@@ -437,7 +437,7 @@ def watch_remove(ctx: typer.Context, watch_id: Annotated[int, typer.Argument(min
 def watch_recipient(
     ctx: typer.Context,
     number: Annotated[str, typer.Argument(help="the recipient's phone number (E.164)")],
-    daily_cap: Annotated[Optional[int], typer.Option("--daily-cap", min=0, max=10_000, help="alerts per local day (default messenger.daily_cap)")] = None,
+    daily_cap: Annotated[Optional[int], typer.Option("--daily-cap", min=0, max=MAX_DAILY_CAP, help="alerts per local day (default messenger.daily_cap)")] = None,
     quiet: Annotated[Optional[str], typer.Option("--quiet", help="quiet hours HH:MM-HH:MM (default messenger's)")] = None,
 ) -> None:
     """Set a recipient's own daily cap and quiet hours (omitted ones fall back to the messenger's)."""

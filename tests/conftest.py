@@ -132,16 +132,14 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def _child_processes() -> list[str]:
-    """This process's live children, as 'pid command' (Linux /proc; empty elsewhere)."""
-    from pathlib import Path
+    """This process's live children, as 'pid name'."""
+    import psutil
 
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    alive = []
+    for child in psutil.Process().children():
         try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(os.getpid()) and fields[0] != "Z":
-            found.append(f"{stat.parent.name} {text[text.find('(') + 1 : text.rfind(')')]}")
-    return found
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{child.pid} {child.name()}")
+        except psutil.NoSuchProcess:
+            pass
+    return alive

@@ -262,28 +262,31 @@ def _decoded(response: httpx.Response, limit: int) -> Iterator[bytes]:
     if encoding not in ("gzip", "x-gzip", "deflate") or response.is_stream_consumed:  # (read already: a test transport)
         yield from response.iter_bytes()
         return
-    wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
-    decoder = zlib.decompressobj(wbits)
-    first = True
+    decoder = None
     try:
         for raw in response.iter_raw(_RAW_CHUNK):
-            if first and encoding == "deflate":  # servers send zlib-wrapped or raw deflate alike
-                try:
-                    decoder.copy().decompress(raw[:64])
-                except zlib.error:
-                    decoder = zlib.decompressobj(-zlib.MAX_WBITS)
-            first = False
+            if decoder is None:
+                decoder = zlib.decompressobj(_window_bits(encoding, raw))
             data = raw
             while data:
                 piece = decoder.decompress(data, limit + 1)
                 if piece:
                     yield piece
                 data = decoder.unconsumed_tail
-        rest = decoder.flush()
+        rest = decoder.flush() if decoder is not None else b""
         if rest:
             yield rest
     except zlib.error as exc:
         raise httpx.DecodingError(f"cannot decode the {encoding} body: {exc}", request=response.request) from exc
+
+
+def _window_bits(encoding: str, start: bytes) -> int:
+    """zlib's wbits for a body: gzip; deflate zlib-wrapped (RFC 1950 header) or, as some
+    servers send it, raw."""
+    if "gzip" in encoding:
+        return 16 + zlib.MAX_WBITS
+    zlib_header = len(start) >= 2 and start[0] & 0x0F == 8 and (start[0] << 8 | start[1]) % 31 == 0
+    return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
 
 
 def _pinned(parsed: httpx.URL, address: IPAddress) -> tuple[httpx.URL, dict[str, str], dict[str, object]]:

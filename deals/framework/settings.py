@@ -316,6 +316,9 @@ class WatchRule(Section):
         return self
 
 
+MAX_DAILY_CAP = 10_000  # alerts per local day: a cap above this is a typo, not a choice
+
+
 def clock_time(value: str) -> dtime:
     """'HH:MM' (00:00-23:59) as a time of day; ValueError otherwise."""
     match = re.fullmatch(r"(\d\d):(\d\d)", str(value).strip())
@@ -339,7 +342,7 @@ class RecipientSettings(Section):
     """A recipient with rules of their own; one with no watches gets the general opportunities."""
 
     number: Phone = Field(description="phone number (E.164)")
-    daily_cap: int | None = Field(None, ge=0, description="alerts per local day for this recipient (default messenger.daily_cap)")
+    daily_cap: int | None = Field(None, ge=0, le=MAX_DAILY_CAP, description="alerts per local day for this recipient (default messenger.daily_cap)")
     quiet_start: str | None = Field(None, pattern=_CLOCK, description="this recipient's quiet hours start (HH:MM; default messenger's)")
     quiet_end: str | None = Field(None, pattern=_CLOCK, description="this recipient's quiet hours end (HH:MM)")
     watches: list[WatchRule] = Field(default_factory=list, description="what this recipient wants texted (empty: the general opportunities)")
@@ -376,7 +379,7 @@ class MessengerSettings(Section):
     from_number: Phone | None = Field(None, description="Twilio sender number (E.164); TWILIO_FROM_NUMBER overrides")
     base_url: str | None = Field(None, description="Twilio API base URL (proxies, tests); null = https://api.twilio.com")
     max_chars: int = Field(306, ge=70, le=1600, description="longest message sent (306 = two SMS segments, shown as one)")
-    daily_cap: int = Field(10, ge=0, description="alerts sent per local day at most")
+    daily_cap: int = Field(10, ge=0, le=MAX_DAILY_CAP, description="alerts sent per local day at most")
     quiet_start: str | None = Field(None, pattern=_CLOCK, description="start of quiet hours (HH:MM), alerts wait until they end")
     quiet_end: str | None = Field(None, pattern=_CLOCK, description="end of quiet hours (HH:MM)")
     timezone: str = Field("UTC", description="IANA time zone for quiet hours and the daily cap")

@@ -51,7 +51,7 @@ from starlette.templating import Jinja2Templates
 
 from deals.agents.watchlist import Watchlist, mask, parse_quiet
 from deals.framework.errors import DealsError
-from deals.framework.settings import Settings, WatchRule, check_feed_url, e164
+from deals.framework.settings import MAX_DAILY_CAP, Settings, WatchRule, check_feed_url, e164
 from deals.framework.text import money
 from deals.framework.urls import redact_url
 from deals.memory.history import DECISIONS
@@ -59,7 +59,7 @@ from deals.memory.store import ALERT_STATES, Store, to_text
 from deals.memory.views import DealFilter
 from deals.memory.watches import FeedControl
 from deals.web import charts
-from deals.web.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, SECURITY_HEADERS, SESSION_COOKIE, Guard
+from deals.web.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Guard, secured
 from deals.web.settings_view import error_text, redacted_settings, secret_status
 
 STATIC = Path(__file__).with_name("static")
@@ -91,7 +91,6 @@ def when(value: datetime | None) -> str:
 
 
 _ROW_ID = re.compile(r"[0-9]{1,11}")  # ASCII digits only: '²'.isdigit() is true, int('²') fails
-MAX_DAILY_CAP = 10_000
 
 
 def _env() -> Environment:
@@ -447,9 +446,7 @@ class GuardMiddleware(BaseHTTPMiddleware):
             response = await call_next(request)
             if fresh:
                 response.set_cookie(CSRF_COOKIE, request.state.csrf, httponly=True, samesite="strict", path="/")
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+        return secured(response)
 
 
 def create_app(settings: Settings, *, token: str | None = None, bind_host: str | None = None, store_path: Path | str | None = None) -> Starlette:
@@ -470,9 +467,7 @@ def create_app(settings: Settings, *, token: str | None = None, bind_host: str |
         if not hasattr(request.state, "csrf"):
             request.state.csrf = ""
         response = dash.page(request, "error.html", status_code=status, status=status, detail=detail or "something went wrong")
-        for name, value in SECURITY_HEADERS.items():  # a 500 is answered outside GuardMiddleware
-            response.headers.setdefault(name, value)
-        return response
+        return secured(response)  # a 500 is answered outside GuardMiddleware
 
     routes = [
         Route("/", lambda request: RedirectResponse("/opportunities", status_code=303)),

@@ -25,9 +25,13 @@ import ipaddress
 import os
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from deals.framework.errors import ConfigError
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
 
 TOKEN_ENV = "DEALS_DASHBOARD_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -147,4 +151,11 @@ class Guard:
         return bool(parts.netloc) and bool(host_header) and parts.netloc.lower() == (host_header or "").lower()
 
 
-__all__ = ["CSRF_COOKIE", "CSRF_FIELD", "CSRF_HEADER", "SECURITY_HEADERS", "SESSION_COOKIE", "TOKEN_ENV", "Guard", "check_bind", "is_loopback"]
+def secured(response: Response) -> Response:
+    """`response` with SECURITY_HEADERS (those it does not set itself)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+__all__ = ["CSRF_COOKIE", "CSRF_FIELD", "CSRF_HEADER", "SECURITY_HEADERS", "SESSION_COOKIE", "TOKEN_ENV", "Guard", "check_bind", "is_loopback", "secured"]
