@@ -161,6 +161,11 @@ def test_rules_price_range_comes_from_settings():
         # DealNews-style titles
         ("Alfani Men's Short-Sleeve Solid Textured Shirt for $7 + free shipping w/ $39", 7.0, None),
         ("Samsung 65\" 4K TV for $1,299.99 + $10 shipping", 1299.99, None),
+        # a price cut: the price it ends at ("from $10 to $40" is a range: two prices)
+        ("Apple iPad Air drops from $999 to $499", 499.0, None),
+        ("Samsung TV drops to $499, down from $999", 499.0, None),
+        ("Kindle Paperwhite $149.99 -> $99.99", 99.99, None),
+        ("Anker chargers from $10 to $40", None, "several different prices: $10, $40"),
         ("Free Kindle eBook", None, "free, not a price"),
         ("Staples Easy Deal Days Sale: Up to 60% off + free shipping w/ $35", None, "a percentage discount, no price"),
     ],
@@ -170,6 +175,20 @@ def test_title_prices(title, price, reason):
     assert found == price
     if reason:
         assert why == reason
+
+
+@pytest.mark.parametrize(
+    ("title", "name"),
+    [
+        ("Apple iPad Air drops from $999 to $499", "Apple iPad Air"),
+        ("Samsung TV drops to $499, down from $999", "Samsung TV"),
+        ("Dell XPS 13: was $999, now $499", "Dell XPS 13"),
+        ("Kindle Paperwhite $149.99 -> $99.99", "Kindle Paperwhite"),
+        ("Alfani Men's Short-Sleeve Solid Textured Shirt for $7 + free shipping w/ $39", "Alfani Men's Short-Sleeve Solid Textured Shirt"),
+    ],
+)
+def test_the_product_name_leaves_the_price_cut_out(title, name):
+    assert deal_rules.product_name(title) == name
 
 
 @pytest.mark.parametrize(
@@ -200,6 +219,12 @@ def test_title_prices(title, price, reason):
         ("Samsung 990 Pro SSD with up to 1,050MB/s reads for $79.99", None),
         ("Sony 65\" Bravia TV $499 (down from $999)", None),
         ("Bose QC45 $199 - 40% off", None),
+        # a cut that goes down is one price; one that goes up is a range
+        ("Apple iPad Air drops from $999 to $499", None),
+        ("Samsung 65\" TV drops to $499 from $999", None),
+        ("Bose QC45 $329 → $229 at Amazon", None),
+        ("Anker chargers from $10 to $40", "a 'from' price, not one price"),
+        ("LG OLED TVs $999 to $1,499", "a price range"),
     ],
 )
 def test_offer_problems(title, problem):

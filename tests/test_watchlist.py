@@ -277,10 +277,26 @@ def test_product_keys_from_retailer_links_model_numbers_and_titles():
         ("Reg. $139.90 each", 139.9),
         ("a $249 MSRP", 249.0),
         ("Free shipping over $39", None),
+        ("Apple iPad Air drops from $999 to $499", 999.0),
+        ("Samsung TV drops to $499 from $999", 999.0),
+        ("Anker chargers from $10 to $40", None),
     ],
 )
 def test_the_feeds_own_was_price(text, expected):
     assert list_price(text) == expected
+
+
+def test_a_cut_in_the_title_is_the_was_price_and_keeps_the_product_key(store_target):
+    cut = _entry("cut", "Apple iPad Air drops from $999 to $499", "https://dealnews.example/cut")
+    plain = _entry("plain", "Apple iPad Air for $479", "https://dealnews.example/plain")
+    assert product_key(cut.title) == product_key(plain.title) == "title:apple ipad air"
+    with Store(store_target) as store:
+        deals = [deal("Apple iPad Air", 499.0, key="cut", url=cut.url), deal("Apple iPad Air", 479.0, key="plain", url=plain.url)]
+        for d in deals:
+            store.save_deal(d)
+        store.record_entries([cut, plain], deals)
+        assert store.price_context("cut").list_price == 999.0
+        assert store.price_context("plain").list_price is None
 
 
 def _entry(key: str, title: str, url: str, summary: str = "") -> FeedEntry:

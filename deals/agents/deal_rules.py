@@ -14,7 +14,8 @@ A deal needs ONE product at ONE price in USD:
   and a title whose money does not read cleanly ("$1e12", "$5,00", "$1/2 price", "$3.")
   is rejected, never priced at a guess;
 - rejected: "up to" sales, "from $X" prices ("down from $X" is a former price, kept),
-  "under $X" caps, "$X/mo" and "$X monthly" subscriptions, price ranges ("$699 - 1,199"),
+  "under $X" caps, "$X/mo" and "$X monthly" subscriptions, price ranges ("$699 - 1,199";
+  a cut that goes down, "drops from $999 to $499", is the price it ends at),
   multi-buys ("2 for $5", "Buy 2 ... for $30"; "Pixel 8 for $499" is a model number),
   per-item prices ("$3 each"), prices after a trade-in, store-wide sales ("... Sale:", "... Deals:", "Event:"),
   memberships, several different prices, no price, free, prices outside the configured
@@ -117,9 +118,34 @@ _OFFER_PROBLEMS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+# "drops from $999 to $499", "$1,299 -> $999", "to $499 from $999": a price cut, not a range
+_PRICE_DROP = re.compile(
+    rf"(?:\bfrom\s+)?(?P<before>{_MONEY})\s*(?:to|→|->|⇒)\s*(?P<after>{_MONEY})"
+    rf"|\bto\s+(?P<after2>{_MONEY})\s*,?\s*(?:(?:down|reduced)\s+)?from\s+(?:the\s+|its\s+)?(?P<before2>{_MONEY})",
+    re.I,
+)
+
+
+def _without_drops(text: str) -> str:
+    """`text` with each price cut ("from $999 to $499") replaced by the price it ends at.
+
+    Only a cut that goes down counts: "from $10 to $40" stays a range.
+    """
+
+    def cut(match: re.Match[str]) -> str:
+        before, after = match.group("before") or match.group("before2"), match.group("after") or match.group("after2")
+        try:
+            high, low = dollar_amounts(before), dollar_amounts(after)
+        except UnclearPrice:
+            return match.group(0)
+        return f" {after.strip()} " if high and low and low[0] < high[0] else match.group(0)
+
+    return _PRICE_DROP.sub(cut, text)
+
+
 def offer_problem(title: str) -> str | None:
     """Why a title is not an offer on one product at one price, or None."""
-    text = _clean(title)
+    text = _without_drops(_clean(title))
     for pattern, reason in _OFFER_PROBLEMS:
         if pattern.search(text):
             return reason
@@ -157,6 +183,7 @@ def title_price(title: str) -> tuple[float | None, str]:
         dollar_amounts(text)  # every amount in the title, set aside or not, must read cleanly
     except UnclearPrice as exc:
         return None, str(exc)
+    text = _without_drops(text)
     for pattern in _NOT_THE_PRICE:
         text = pattern.sub(" ", text)
     values = sorted({round(value, 2) for value in dollar_amounts(text)})
@@ -185,7 +212,9 @@ _DEAL_TERMS = re.compile(
     re.I,
 )
 _TITLE_CUT = re.compile(
-    rf"\s+(?:for|at|now|only|just|from|is|@|-|–)?\s*{_MONEY}|\s+\+\s*free\b|\s+@\s|\s+w/\s|\s+-\s+\d+%|\s*\(\d+%\s*off\)",
+    rf"\s+(?:drops?|dropped|falls?|fell|cut|slashed|reduced|marked\s+down)\s+(?:from|to)\s+{_MONEY}"
+    rf"|\s*[:,;]?\s+(?:was|reg\.?|regularly|list|msrp)\s*:?\s*{_MONEY}"
+    rf"|\s+(?:for|at|now|only|just|from|is|@|-|–)?\s*{_MONEY}|\s+\+\s*free\b|\s+@\s|\s+w/\s|\s+-\s+\d+%|\s*\(\d+%\s*off\)",
     re.I,
 )
 _LEADING_TAGS = re.compile(r"^(?:\s*\[[^\]]*\])+\s*")

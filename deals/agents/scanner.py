@@ -61,7 +61,7 @@ or a choice of models at different prices; bundles of different products; coupon
 memberships, subscriptions, services and travel.
 - The price is what the buyer pays for that one product, before shipping: not a discount amount, not a \
 former or list price, not a "from"/"starting at" price, not a monthly price, not a free-shipping threshold. \
-If the entry states a price of its own ("Price stated by the feed"), use it.
+A price cut ("drops from $999 to $499") is one price: the one it ends at. If the entry states a price of its own ("Price stated by the feed"), use it.
 - currency: the ISO code of that price. "$" on a US site is USD; "A$", "AU$", "C$", "£", "€" or an \
 Australian, Canadian, British or European site is not USD.
 - product_description: 2 to 4 sentences describing the product itself, as a catalogue would: brand, model, \

@@ -16,8 +16,8 @@ The title key drops prices, the deal's terms after "for $"/"at"/"+", punctuation
 case, so the same product listed by two feeds with different deal wording meets.
 
 `list_price(text)` reads the feed's own claim of a former price ("down from $50", "was
-$179", "$80 list price", "reg. $139.90", "originally $60", "MSRP $99"): shown beside the
-independent estimate, never used by it.
+$179", "$80 list price", "reg. $139.90", "originally $60", "MSRP $99", "drops from $999 to
+$499"): shown beside the independent estimate, never used by it.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def model_numbers(title: str) -> list[str]:
 # --------------------------------------------------------------------------- titles
 
 _DEAL_TERMS = re.compile(
-    r"\s+(?:for|at|from|only|just|now|under|starting at)\s+(?:US)?\$.*$|\s+(?:US)?\$\d.*$|\s+\+\s+.*$|\s+-\s+.*$|\s*\((?:was|reg|list)\b.*$",
+    r"\s+(?:(?:drops?|dropped|falls?|fell|cut|slashed|reduced)\s+)?(?:for|at|from|to|only|just|now|under|starting at)\s+(?:US)?\$.*$|\s+(?:US)?\$\d.*$|\s+\+\s+.*$|\s+-\s+.*$|\s*\((?:was|reg|list)\b.*$",
     re.I,
 )
 _NOT_WORD = re.compile(r"[^a-z0-9 ]+")
@@ -135,22 +135,37 @@ _LIST_PATTERNS = [
     re.compile(r"\b(?:was|reg\.?|regularly|regular price|originally|orig\.?|list(?: price)?|msrp|rrp)\s*(?:of\s*|is\s*|:\s*)?" + _AMOUNT, re.I),
     re.compile(_AMOUNT + r"\s+(?:list(?: price)?|msrp|regular price|value)\b", re.I),
 ]
+# a cut that goes down: "drops from $999 to $499", "$1,299 -> $999" (former, then price) and
+# "drops to $499 from $999" (price, then former); "from $10 to $40" is a range, not a cut
+_CUTS = [
+    (re.compile(_AMOUNT + r"\s*(?:to|→|->|⇒)\s*" + _AMOUNT, re.I), 1),
+    (re.compile(r"\bto\s+" + _AMOUNT + r"\s*,?\s*from\s+(?:the\s+|its\s+)?" + _AMOUNT, re.I), 2),
+]
+
+
+def _amount(text: str) -> float | None:
+    try:
+        value = float(text.replace(",", ""))
+    except ValueError:
+        return None
+    return value if 0 < value < 1_000_000 else None
 
 
 def list_price(*texts: str | None) -> float | None:
-    """The former/list price a feed claims in `texts` (the first found), or None."""
+    """The former/list price a feed claims in `texts` (the first text that has one), or None."""
     for text in texts:
         if not text:
             continue
         for pattern in _LIST_PATTERNS:
             found = pattern.search(text)
-            if found:
-                try:
-                    value = float(found.group(1).replace(",", ""))
-                except ValueError:
-                    continue
-                if 0 < value < 1_000_000:
-                    return value
+            value = _amount(found.group(1)) if found else None
+            if value is not None:
+                return value
+        for pattern, former in _CUTS:
+            for found in pattern.finditer(text):
+                before, after = _amount(found.group(former)), _amount(found.group(3 - former))
+                if before is not None and after is not None and after < before:
+                    return before
     return None
 
 
