@@ -166,6 +166,12 @@ def test_rules_price_range_comes_from_settings():
         ("Samsung TV drops to $499, down from $999", 499.0, None),
         ("Kindle Paperwhite $149.99 -> $99.99", 99.99, None),
         ("Anker chargers from $10 to $40", None, "several different prices: $10, $40"),
+        ("Echo Dot $49.99 → $22.99, Echo Pop $39.99 → $22.99", None, "several different prices: $22.99, $39.99, $49.99"),
+        ("Shipping drops from $10 to $5 shipping", None, "several different prices: $5, $10"),
+        # "list" in a name is not a former price
+        ("Schindler's List $9.99 4K Blu-ray", 9.99, None),
+        ("Sony TV $499 (list $999)", 499.0, None),
+        ("Sony TV $499, list price $999", 499.0, None),
         ("Free Kindle eBook", None, "free, not a price"),
         ("Staples Easy Deal Days Sale: Up to 60% off + free shipping w/ $35", None, "a percentage discount, no price"),
     ],
@@ -180,8 +186,10 @@ def test_title_prices(title, price, reason):
 @pytest.mark.parametrize(
     ("title", "name"),
     [
-        ("Apple iPad Air drops from $999 to $499", "Apple iPad Air"),
-        ("Samsung TV drops to $499, down from $999", "Samsung TV"),
+        ("Apple iPad Air dropped from $999 to $499", "Apple iPad Air"),
+        ("Samsung TV drops to $499, down from $999", "Samsung TV drops"),
+        ("Visine eye drops from $8 to $5", "Visine eye drops"),
+        ("The Bucket List $25", "The Bucket List"),
         ("Dell XPS 13: was $999, now $499", "Dell XPS 13"),
         ("Kindle Paperwhite $149.99 -> $99.99", "Kindle Paperwhite"),
         ("Alfani Men's Short-Sleeve Solid Textured Shirt for $7 + free shipping w/ $39", "Alfani Men's Short-Sleeve Solid Textured Shirt"),
@@ -219,12 +227,17 @@ def test_the_product_name_leaves_the_price_cut_out(title, name):
         ("Samsung 990 Pro SSD with up to 1,050MB/s reads for $79.99", None),
         ("Sony 65\" Bravia TV $499 (down from $999)", None),
         ("Bose QC45 $199 - 40% off", None),
-        # a cut that goes down is one price; one that goes up is a range
+        # one price cut (a cut verb or an arrow, going down) is one price; without them a pair is a range
         ("Apple iPad Air drops from $999 to $499", None),
         ("Samsung 65\" TV drops to $499 from $999", None),
+        ("AirPods Pro 2 drops to $189 (from $249)", None),
         ("Bose QC45 $329 → $229 at Amazon", None),
         ("Anker chargers from $10 to $40", "a 'from' price, not one price"),
         ("LG OLED TVs $999 to $1,499", "a price range"),
+        ("Samsung TVs from $2,999 to $499 at Best Buy", "a 'from' price, not one price"),
+        ("Dyson V8, V10, V11 $399 to $199", "a price range"),
+        ("Nintendo Switch $10 to $5 shipping", "a price range"),
+        ("Echo Dot drops to $22.99 from $49.99, Echo Pop drops to $22.99 from $39.99", "a 'from' price, not one price"),
     ],
 )
 def test_offer_problems(title, problem):

@@ -278,8 +278,12 @@ def test_product_keys_from_retailer_links_model_numbers_and_titles():
         ("a $249 MSRP", 249.0),
         ("Free shipping over $39", None),
         ("Apple iPad Air drops from $999 to $499", 999.0),
-        ("Samsung TV drops to $499 from $999", 999.0),
-        ("Anker chargers from $10 to $40", None),
+        ("Samsung TV drops to $499 (from $999)", 999.0),
+        ("Kindle $99.99 -> $79.99", 99.99),
+        ("Anker chargers from $10 to $40", None),  # a range
+        ("Samsung TVs $999 to $499", None),  # models, no cut
+        ("Nintendo Switch for $299 + shipping drops from $10 to $5 shipping", None),  # not the product's price
+        ("Samsung TV $999, get $100 to $50 back", None),
     ],
 )
 def test_the_feeds_own_was_price(text, expected):
@@ -287,7 +291,7 @@ def test_the_feeds_own_was_price(text, expected):
 
 
 def test_a_cut_in_the_title_is_the_was_price_and_keeps_the_product_key(store_target):
-    cut = _entry("cut", "Apple iPad Air drops from $999 to $499", "https://dealnews.example/cut")
+    cut = _entry("cut", "Apple iPad Air dropped from $999 to $499", "https://dealnews.example/cut")
     plain = _entry("plain", "Apple iPad Air for $479", "https://dealnews.example/plain")
     assert product_key(cut.title) == product_key(plain.title) == "title:apple ipad air"
     with Store(store_target) as store:
@@ -297,6 +301,13 @@ def test_a_cut_in_the_title_is_the_was_price_and_keeps_the_product_key(store_tar
         store.record_entries([cut, plain], deals)
         assert store.price_context("cut").list_price == 999.0
         assert store.price_context("plain").list_price is None
+
+
+def test_the_summary_s_claim_comes_first_and_a_claim_must_be_above_the_price():
+    assert list_price("Was $329.", None, "Bose QC45 $199 + free $50 value gift card") == 329.0
+    assert list_price(None, None, "Bose QC45 $199 + free $50 value gift card", above=199.0) is None
+    assert list_price("", None, "Schindler's List $9.99 4K Blu-ray", above=9.99) is None
+    assert list_price("", None, "Sony TV $499 (list $999)", above=499.0) == 999.0
 
 
 def _entry(key: str, title: str, url: str, summary: str = "") -> FeedEntry:

@@ -15,7 +15,7 @@ A deal needs ONE product at ONE price in USD:
   is rejected, never priced at a guess;
 - rejected: "up to" sales, "from $X" prices ("down from $X" is a former price, kept),
   "under $X" caps, "$X/mo" and "$X monthly" subscriptions, price ranges ("$699 - 1,199";
-  a cut that goes down, "drops from $999 to $499", is the price it ends at),
+  one price cut, "drops from $999 to $499" or "$1,299 -> $999", is the price it ends at),
   multi-buys ("2 for $5", "Buy 2 ... for $30"; "Pixel 8 for $499" is a model number),
   per-item prices ("$3 each"), prices after a trade-in, store-wide sales ("... Sale:", "... Deals:", "Event:"),
   memberships, several different prices, no price, free, prices outside the configured
@@ -36,6 +36,7 @@ from pydantic import BaseModel
 
 from deals.agents.money import UnclearPrice, dollar_amounts
 from deals.framework.models import Deal, FeedEntry
+from deals.framework.product_key import price_cuts
 
 MAX_DESCRIPTION_CHARS = 1000
 
@@ -118,34 +119,22 @@ _OFFER_PROBLEMS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
-# "drops from $999 to $499", "$1,299 -> $999", "to $499 from $999": a price cut, not a range
-_PRICE_DROP = re.compile(
-    rf"(?:\bfrom\s+)?(?P<before>{_MONEY})\s*(?:to|→|->|⇒)\s*(?P<after>{_MONEY})"
-    rf"|\bto\s+(?P<after2>{_MONEY})\s*,?\s*(?:(?:down|reduced)\s+)?from\s+(?:the\s+|its\s+)?(?P<before2>{_MONEY})",
-    re.I,
-)
+def _without_cut(text: str) -> str:
+    """`text` with its price cut ("drops from $999 to $499") replaced by the price it ends at.
 
-
-def _without_drops(text: str) -> str:
-    """`text` with each price cut ("from $999 to $499") replaced by the price it ends at.
-
-    Only a cut that goes down counts: "from $10 to $40" stays a range.
+    Only a title with exactly one cut: two are two products ("Echo Dot drops to $22.99
+    from $49.99, Echo Pop ..."), and the rules below then reject it.
     """
-
-    def cut(match: re.Match[str]) -> str:
-        before, after = match.group("before") or match.group("before2"), match.group("after") or match.group("after2")
-        try:
-            high, low = dollar_amounts(before), dollar_amounts(after)
-        except UnclearPrice:
-            return match.group(0)
-        return f" {after.strip()} " if high and low and low[0] < high[0] else match.group(0)
-
-    return _PRICE_DROP.sub(cut, text)
+    cuts = price_cuts(text)
+    if len(cuts) != 1:
+        return text
+    cut = cuts[0]
+    return f"{text[: cut.start]} ${cut.price:.2f} {text[cut.end :]}"
 
 
 def offer_problem(title: str) -> str | None:
     """Why a title is not an offer on one product at one price, or None."""
-    text = _without_drops(_clean(title))
+    text = _without_cut(_clean(title))
     for pattern, reason in _OFFER_PROBLEMS:
         if pattern.search(text):
             return reason
@@ -163,7 +152,8 @@ _NOT_THE_PRICE = [
     re.compile(rf"{_MONEY}\s*off\s+(?:(?:orders?|purchases?)\s+(?:of\s+|over\s+)?)?{_MONEY}\+?", re.I),  # $5 off $50
     re.compile(rf"\+\s*{_MONEY}\s*(?:shipping|s&h|s/h|delivery|del\b|ship)", re.I),
     re.compile(
-        rf"\b(?:was|reg\.?|regularly|list|orig\.?|originally|rrp|msrp|compare\s+at|retail|value|valued\s+at)\s*:?\s*{_MONEY}",
+        rf"(?:\b(?:was|reg\.?|regularly|orig\.?|originally|rrp|msrp|compare\s+at|retail|value|valued\s+at|list\s+price)"
+        rf"|(?:^|[,;:(\-–])\s*list)\s*:?\s*{_MONEY}",  # "Schindler's List $9.99": a name, not a former price
         re.I,
     ),
     re.compile(rf"\bsave\s+{_MONEY}", re.I),
@@ -183,7 +173,7 @@ def title_price(title: str) -> tuple[float | None, str]:
         dollar_amounts(text)  # every amount in the title, set aside or not, must read cleanly
     except UnclearPrice as exc:
         return None, str(exc)
-    text = _without_drops(text)
+    text = _without_cut(text)
     for pattern in _NOT_THE_PRICE:
         text = pattern.sub(" ", text)
     values = sorted({round(value, 2) for value in dollar_amounts(text)})
@@ -212,11 +202,12 @@ _DEAL_TERMS = re.compile(
     re.I,
 )
 _TITLE_CUT = re.compile(
-    rf"\s+(?:drops?|dropped|falls?|fell|cut|slashed|reduced|marked\s+down)\s+(?:from|to)\s+{_MONEY}"
-    rf"|\s*[:,;]?\s+(?:was|reg\.?|regularly|list|msrp)\s*:?\s*{_MONEY}"
+    rf"\s+(?:dropped|slashed|reduced|marked\s+down)\s+(?:from|to)\s+{_MONEY}"
+    rf"|\s*[:,;]\s*(?:was|reg\.?|regularly|list|msrp)\s*:?\s*{_MONEY}"
     rf"|\s+(?:for|at|now|only|just|from|is|@|-|–)?\s*{_MONEY}|\s+\+\s*free\b|\s+@\s|\s+w/\s|\s+-\s+\d+%|\s*\(\d+%\s*off\)",
     re.I,
 )
+_DANGLING = re.compile(r"(?:\s+(?:to|from))+\s*$", re.I)  # "Samsung TV drops to" -> "Samsung TV drops"
 _LEADING_TAGS = re.compile(r"^(?:\s*\[[^\]]*\])+\s*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'“(])")
 
@@ -230,7 +221,7 @@ def product_name(title: str) -> str:
     text = _LEADING_TAGS.sub("", _clean(title))
     match = _TITLE_CUT.search(text)
     name = text[: match.start()] if match else text
-    name = name.strip(" -–—:,;|+")
+    name = _DANGLING.sub("", name).strip(" -–—:,;|+")
     return name if len(name) >= 3 else text
 
 

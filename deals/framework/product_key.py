@@ -23,6 +23,7 @@ $499"): shown beside the independent estimate, never used by it.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 MAX_KEY_CHARS = 120
@@ -100,7 +101,8 @@ def model_numbers(title: str) -> list[str]:
 # --------------------------------------------------------------------------- titles
 
 _DEAL_TERMS = re.compile(
-    r"\s+(?:(?:drops?|dropped|falls?|fell|cut|slashed|reduced)\s+)?(?:for|at|from|to|only|just|now|under|starting at)\s+(?:US)?\$.*$|\s+(?:US)?\$\d.*$|\s+\+\s+.*$|\s+-\s+.*$|\s*\((?:was|reg|list)\b.*$",
+    r"\s+(?:(?:dropped|slashed|reduced|marked\s+down)\s+)?(?:for|at|from|to|only|just|now|under|starting at)\s+(?:US)?\$.*$"
+    r"|\s+(?:US)?\$\d.*$|\s+\+\s+.*$|\s+-\s+.*$|\s*\((?:was|reg|list)\b.*$|\s*[:,;]\s*(?:was|reg|list|msrp)\b.*$",
     re.I,
 )
 _NOT_WORD = re.compile(r"[^a-z0-9 ]+")
@@ -129,17 +131,16 @@ def product_key(title: str, url: str = "") -> str:
 
 # --------------------------------------------------------------------------- the feed's "was" price
 
-_AMOUNT = r"(?:US)?\$\s?(\d{1,3}(?:,\d{3})+(?:\.\d{1,2})?|\d+(?:\.\d{1,2})?)(?![\d,.]*\d)"
+
+def _money(name: str) -> str:
+    return rf"(?:US)?\$\s?(?P<{name}>\d{{1,3}}(?:,\d{{3}})+(?:\.\d{{1,2}})?|\d+(?:\.\d{{1,2}})?)(?![\d,.]*\d)"
+
+
+_AMOUNT = _money("amount")
 _LIST_PATTERNS = [
     re.compile(r"\bdown from (?:the |its |a |an )?(?:list (?:price )?(?:of )?|regular (?:price )?(?:of )?)?" + _AMOUNT, re.I),
     re.compile(r"\b(?:was|reg\.?|regularly|regular price|originally|orig\.?|list(?: price)?|msrp|rrp)\s*(?:of\s*|is\s*|:\s*)?" + _AMOUNT, re.I),
     re.compile(_AMOUNT + r"\s+(?:list(?: price)?|msrp|regular price|value)\b", re.I),
-]
-# a cut that goes down: "drops from $999 to $499", "$1,299 -> $999" (former, then price) and
-# "drops to $499 from $999" (price, then former); "from $10 to $40" is a range, not a cut
-_CUTS = [
-    (re.compile(_AMOUNT + r"\s*(?:to|→|->|⇒)\s*" + _AMOUNT, re.I), 1),
-    (re.compile(r"\bto\s+" + _AMOUNT + r"\s*,?\s*from\s+(?:the\s+|its\s+)?" + _AMOUNT, re.I), 2),
 ]
 
 
@@ -151,22 +152,66 @@ def _amount(text: str) -> float | None:
     return value if 0 < value < 1_000_000 else None
 
 
-def list_price(*texts: str | None) -> float | None:
-    """The former/list price a feed claims in `texts` (the first text that has one), or None."""
+def list_price(*texts: str | None, above: float | None = None) -> float | None:
+    """The former/list price a feed claims in `texts` (the first text that has one), or None.
+
+    `above`: the offer's price, when known; a claim at or below it is not a former price
+    (the "List" of "Schindler's List $9.99" is a title, not a claim).
+    """
     for text in texts:
         if not text:
             continue
-        for pattern in _LIST_PATTERNS:
-            found = pattern.search(text)
-            value = _amount(found.group(1)) if found else None
-            if value is not None:
+        found = [m.group("amount") for pattern in _LIST_PATTERNS for m in pattern.finditer(text)]
+        values = [_amount(v) for v in found] + [cut.former for cut in price_cuts(text)]
+        for value in values:
+            if value is not None and (above is None or value > above):
                 return value
-        for pattern, former in _CUTS:
-            for found in pattern.finditer(text):
-                before, after = _amount(found.group(former)), _amount(found.group(3 - former))
-                if before is not None and after is not None and after < before:
-                    return before
     return None
 
 
-__all__ = ["list_price", "model_numbers", "normalised_title", "product_key", "retailer_id"]
+# --------------------------------------------------------------------------- price cuts
+
+_CUT_VERB = r"(?:drops?|dropped|falls?|fell|cut|slashed|reduced|marked\s+down|down|price\s+drop)"
+_NOT_A_PRICE_AFTER = r"(?!\s*(?:off|back|shipping|s&h|delivery|credit|rebate|cash|bonus|value|gift|in\s+rewards)\b)"
+
+
+_CUT_PATTERNS = [
+    # "drops from $999 to $499"
+    re.compile(rf"\b{_CUT_VERB}\s+from\s+{_money('former')}\s+to\s+{_money('price')}{_NOT_A_PRICE_AFTER}", re.I),
+    # "drops to $499 from $999", "drops to $499 (from $999)", "falls to $499, down from $999"
+    re.compile(
+        rf"\b{_CUT_VERB}\s+to\s+{_money('price')}{_NOT_A_PRICE_AFTER}\s*,?\s*\(?\s*(?:down\s+)?from\s+(?:the\s+|its\s+)?{_money('former')}\)?",
+        re.I,
+    ),
+    # "$1,299 -> $999"
+    re.compile(rf"{_money('former')}\s*(?:→|->|⇒)\s*{_money('price')}{_NOT_A_PRICE_AFTER}", re.I),
+]
+
+
+class PriceCut(NamedTuple):
+    """A price cut a text states: from `former` down to `price`, at text[start:end]."""
+
+    former: float
+    price: float
+    start: int
+    end: int
+
+
+def price_cuts(text: str) -> list[PriceCut]:
+    """The price cuts `text` states, in order: a cut verb or an arrow, and a price that goes down.
+
+    "drops from $999 to $499", "drops to $499 (from $999)", "$1,299 -> $999" are cuts;
+    "from $10 to $40" (a range), "TVs $999 to $499" (models, no cut verb) and
+    "$10 to $5 shipping" / "$100 to $50 back" (not what the product costs) are not.
+    """
+    cuts: list[PriceCut] = []
+    for pattern in _CUT_PATTERNS:
+        for m in pattern.finditer(text):
+            former, price = _amount(m.group("former")), _amount(m.group("price"))
+            overlaps = any(m.start() < c.end and c.start < m.end() for c in cuts)
+            if former is not None and price is not None and price < former and not overlaps:
+                cuts.append(PriceCut(former, price, m.start(), m.end()))
+    return sorted(cuts, key=lambda c: c.start)
+
+
+__all__ = ["PriceCut", "list_price", "model_numbers", "normalised_title", "price_cuts", "product_key", "retailer_id"]
