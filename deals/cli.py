@@ -590,6 +590,8 @@ def history(
 def notify_test(ctx: typer.Context) -> None:
     """Send one test message to every configured recipient (Twilio SMS, or the console without it)."""
     from deals.agents.messenger import Messenger
+    from deals.agents.notifiers import CONSOLE_RECIPIENT, missing_sms_config
+    from deals.agents.watchlist import mask
     from deals.memory.store import Store
 
     settings = settings_of(ctx)
@@ -602,6 +604,16 @@ def notify_test(ctx: typer.Context) -> None:
                 where = getattr(notifier, "base_url", None)
                 via = notifier.name + (f" ({where})" if where else "")
                 console.print(plain(f"test message sent via {via} to {recipient}: {sid}"))
+            if messenger.recipients == [CONSOLE_RECIPIENT]:
+                missing = missing_sms_config(settings.messenger, os.environ)
+                people = [mask(n) for n in messenger.watchlist.numbers]
+                console.print(
+                    plain(
+                        ("SMS is not set up (missing: " + ", ".join(missing) + "): " if missing else "nobody to text (no messenger.to, recipients or watch): ")
+                        + "nothing was texted, alerts are printed"
+                        + (f"; {len(people)} recipient(s) would get texts: {', '.join(people)}" if people else "")
+                    )
+                )
         finally:
             messenger.close()
 

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deals.agents import notifiers
+from deals.agents.watchlist import mask
 from deals.cli import app
 from deals.framework.models import Deal, Estimate, Opportunity
 from deals.framework.orchestrator import Orchestrator, describe
@@ -275,9 +276,15 @@ def test_notify_test_sends_through_the_real_twilio_sdk_to_the_base_url_from_the_
 
 
 def test_notify_test_without_twilio_prints_to_the_console(deals_home, monkeypatch):
-    result = CliRunner().invoke(app, ["notify-test"])
+    monkeypatch.setenv("DEALS_MESSENGER__TO", f"['{ALICE}']")
+    result = CliRunner().invoke(app, ["notify-test"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "[deals alert] deals: test message" in result.output and "via console" in result.output
+    # it does not say SMS works, and says who would have been texted (masked)
+    assert "SMS alerts are working" not in result.output and "Alerts are printed here: SMS is not set up" in result.output
+    assert "SMS is not set up (missing: TWILIO_ACCOUNT_SID" in result.output and "nothing was texted" in result.output
+    assert f"1 recipient(s) would get texts: {mask(ALICE)}" in result.output and ALICE not in result.output
+    monkeypatch.delenv("DEALS_MESSENGER__TO")
     # Twilio configured but nobody to text: printed, and said so (not "via twilio")
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)

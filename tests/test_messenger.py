@@ -145,6 +145,19 @@ def test_message_names_the_product_and_has_every_number_the_interval_and_the_lin
     assert "est $399.99, save" in format_alert(no_interval)
 
 
+def test_a_watch_s_reason_is_said_and_a_deal_saving_nothing_has_no_save_part():
+    """A target-price watch sends a $699 TV the model puts at $561: the text says why, not "save $-138"."""
+    o = _headphones()
+    tv = o.model_copy(update={"deal": o.deal.model_copy(update={"price": 699.0}), "discount": 561.22 - 699.0})
+    tv = tv.model_copy(update={"estimate": Estimate(price=561.22, pricer="ensemble", low=400.0, high=800.0, interval_level=0.8)})
+    text = format_alert(tv, 306, reason="watch 'tv': at or below target $800.00")
+    assert "$699, est $561.22 ($400-$800); watch 'tv': at or below target $800.00 " in text
+    assert "save" not in text and "$-" not in text
+    for limit in (160, 100):  # kept like the numbers
+        assert "watch 'tv': at or below target $800.00" in format_alert(tv, limit, ["feed says was $999"], "watch 'tv': at or below target $800.00")
+    assert money(-137.78) == "-$137.78" and money(-0.001) == "$0" and money(1234.5) == "$1,234.50"
+
+
 def test_a_small_limit_never_costs_the_price_estimate_or_saving():
     """Notes, the link and the interval give way; the numbers a user acts on never do."""
     name = "Samsung 65-inch Class OLED S90D Series HDR+ Smart TV with Dolby Atmos, Object Tracking Sound Lite, QN65S90DAFXZA"

@@ -218,6 +218,10 @@ def test_a_failing_feed_is_counted_and_the_others_are_read(store, urls, feed_ser
     assert report.deals == 8 and report.alerts_sent == 8
     assert report.errors == 1 and "HTTP 500" in report.error_messages[0]
     assert store.feed_state(broken).error_count == 1
+    # when no feed at all can be read, the cycle failed (`run --once` exits 1), and says why
+    gone = feed_server.route("/gone.xml", status=404)
+    report = Rig(store).planner.run_cycle([broken, gone])
+    assert report.status == "failed" and not report.ok and report.feeds_failed == 1 and report.feeds_skipped == 1  # broken: in backoff
 
 
 # --------------------------------------------------------------------------- pricing

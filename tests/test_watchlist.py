@@ -165,6 +165,9 @@ def test_a_cycle_sends_each_recipient_only_what_their_rules_match_exactly_once(s
         assert [body for to, body in sent if to == BOB] == ["Alfani Men's Welded Alfatech Contrast-Tr"]
         assert [body for to, body in sent if to == CAROL] == ["adidas Men's Run 70s 2"]
         assert len(to_alice) == 7 and not any("Vest" in body for body in to_alice)  # the vest is worth $20: not general
+        # a watch's reason is in its recipient's text, and only there
+        assert [m["body"].count("; watch 'vest': at or below target $25.00") for m in twilio.created if m["to"] == BOB] == [1]
+        assert not any("watch '" in m["body"] for m in twilio.created if m["to"] == ALICE)
         # the routes are stored with why, and a second cycle (and recovery) sends nothing again
         vest = store.db.execute("SELECT o.id FROM opportunities o JOIN deals d ON d.entry_key = o.deal_key WHERE d.price = 19").fetchone()[0]
         assert store.routes(vest) == [(BOB, "watch 'vest': at or below target $25.00")]
@@ -438,3 +441,16 @@ def test_keywords_match_whole_words_and_plurals():
     assert not watch("ram").matches_text("Digital Picture Frame") and watch("ram").matches_text("Corsair 32GB DDR5 RAM kit")
     assert watch("tv").matches_text("Samsung OLED TVs on sale") and watch("usb-c", "hub").matches_text("Anker USB-C Hub 7-in-1")
     assert watch("4k", "monitor").matches_text('LG 27" 4K UHD Monitor') and not watch("4k").matches_text("14K gold chain")
+
+
+def test_without_sms_the_console_alert_still_says_which_watch_sent_it(store_target, capsys):
+    with Store(store_target) as store:
+        d = deal('LG 65" OLED evo C4 4K Smart TV', 699.0, key="tv")
+        oid = store.save_opportunity(Opportunity(deal=d, estimate=Estimate(price=561.22, pricer="t"), discount=561.22 - 699.0))
+        store.save_routes(oid, [(BOB, "watch 'tv': at or below target $800.00")])
+        messenger = Messenger(Settings(), store, environ={})  # no Twilio: the console gets it
+        assert messenger.notify([(oid, store.get_opportunity(oid))]).sent == 1
+        [alert] = store.alerts()
+        assert alert.recipient == "console" and "$699, est $561.22; watch 'tv': at or below target $800.00" in alert.body
+        assert "save" not in alert.body and "watch 'tv'" in capsys.readouterr().out
+        messenger.close()

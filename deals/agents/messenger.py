@@ -68,7 +68,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field
 
 from deals.agents.notifiers import CONSOLE_RECIPIENT, ConsoleNotifier, Notifier, build_notifier, warn_once
-from deals.agents.watchlist import Recipient, Watchlist, mask
+from deals.agents.watchlist import GENERAL, WATCH_REASON, Recipient, Watchlist, mask
 from deals.framework.agent import Agent
 from deals.framework.errors import ConfigError, DealsError, NotifyError, PermanentNotifyError
 from deals.framework.models import Opportunity, utcnow
@@ -137,23 +137,28 @@ def _short_link(url: str) -> str:
     return url.split("#", 1)[0].split("?", 1)[0]
 
 
-def format_alert(opp: Opportunity, max_chars: int = 306, notes: Sequence[str] = ()) -> str:
+def format_alert(opp: Opportunity, max_chars: int = 306, notes: Sequence[str] = (), reason: str | None = None) -> str:
     """The alert text: product name, price, estimate and its interval, saving, link; never over `max_chars`.
 
     `notes` follow the saving (the feed's "was" price, "lowest seen in 30 days: $X": see
-    `alert_notes`).
+    `alert_notes`). `reason`: why this recipient gets it when a watch sent it ("watch 'tv':
+    at or below target $800.00"); it follows the saving and is kept like it. A deal that
+    saves nothing on the estimate (a target-price watch sends whatever the estimate says)
+    has no "save" part.
 
     The name is shortened (with "...") first, but keeps at least `MIN_NAME` characters.
     When that leaves no room, the rest gives way in this order: the link's query string, the
     notes, the link itself (it stays in `deals history`), the interval. The price, the
-    estimate and the saving are never cut: with a very small `max_chars` the name gets what
-    room they leave.
+    estimate, the saving and the reason are never cut: with a very small `max_chars` the
+    name gets what room they leave.
     """
     pct = round(opp.discount_rel * 100)
     estimate = opp.estimate
     interval = f" ({money(estimate.low)}-{money(estimate.high)})" if estimate.low is not None and estimate.high is not None else ""
     core = f"{money(opp.deal.price)}, est {money(estimate.price)}"
-    saving = f", save {money(opp.discount)} ({pct}%)"
+    saving = f", save {money(opp.discount)} ({pct}%)" if opp.discount > 0 else ""
+    if reason:
+        saving += f"; {to_gsm7(reason)}"
     noted = "".join(f"; {to_gsm7(note)}" for note in notes if note)
     name = to_gsm7(opp.deal.product_description) or "Deal"
     url, short = to_gsm7(opp.deal.url), to_gsm7(_short_link(opp.deal.url))
@@ -184,9 +189,14 @@ def alert_notes(context: PriceContext) -> list[str]:
     return notes
 
 
-def alert_body(store: Store, opp: Opportunity, max_chars: int = 306) -> str:
-    """The text of an opportunity's alert (the same for every recipient), with what the store knows of its price history."""
-    return format_alert(opp, max_chars, alert_notes(store.price_context(opp.deal.entry_key)))
+def alert_body(store: Store, opp: Opportunity, max_chars: int = 306, why: str | None = None) -> str:
+    """The text of an opportunity's alert, with what the store knows of its price history.
+
+    `why`: the route's reason; a watch's ("watch 'tv': at or below target $800.00") is said
+    in the text, so the recipients of one opportunity may get different texts.
+    """
+    reason = why if why and why.startswith(WATCH_REASON) else None
+    return format_alert(opp, max_chars, alert_notes(store.price_context(opp.deal.entry_key)), reason)
 
 
 # --------------------------------------------------------------------------- agent
@@ -265,8 +275,10 @@ class Messenger(Agent):
 
     def _targets(self, opportunity_id: int, opp: Opportunity) -> list[tuple[str, str]]:
         """(recipient, why) for an opportunity: its stored routes, else routed now (and stored)."""
-        if self.recipients == [CONSOLE_RECIPIENT]:  # no SMS: the console shows every opportunity
-            return [(CONSOLE_RECIPIENT, "console")]
+        if self.recipients == [CONSOLE_RECIPIENT]:  # no SMS: the console shows every opportunity, with a watch's reason
+            routes = self.store.routes(opportunity_id) if self.store.is_routed(opportunity_id) else []
+            watched = [why for _, why in routes if why.startswith(WATCH_REASON)]
+            return [(CONSOLE_RECIPIENT, watched[0] if watched else "console")]
         if self.store.is_routed(opportunity_id):
             routes = self.store.routes(opportunity_id)
         else:  # stored by code that does not route (or before routes existed): a general opportunity
@@ -279,12 +291,13 @@ class Messenger(Agent):
             routes = self.store.routes(opportunity_id)
         return routes
 
-    def _enqueue(self, opportunity_id: int, opp: Opportunity, recipients: Sequence[str], report: MessengerReport) -> bool:
-        """Queue the alert of one opportunity for `recipients`; False when the store refused it."""
-        if not recipients:
-            return True
-        body = alert_body(self.store, opp, self.config.max_chars)
-        for recipient in recipients:
+    def _enqueue(self, opportunity_id: int, opp: Opportunity, targets: Sequence[tuple[str, str]], report: MessengerReport) -> bool:
+        """Queue the alert of one opportunity for each (recipient, why); False when the store refused it."""
+        bodies: dict[str, str] = {}
+        for recipient, why in targets:
+            if why not in bodies:
+                bodies[why] = alert_body(self.store, opp, self.config.max_chars, why)
+            body = bodies[why]
             try:
                 self.store.enqueue_alert(opportunity_id, recipient, body, at=self.clock())
             except DealsError as exc:  # e.g. an id the store does not know: skip that one
@@ -309,7 +322,7 @@ class Messenger(Agent):
                     report.errors.append(str(exc))
                     self.log.error("opportunity %s not queued: %s", opportunity_id, exc)
                     continue
-                self._enqueue(opportunity_id, opp, [r for r, _ in targets], report)
+                self._enqueue(opportunity_id, opp, targets, report)
             self._recover(report)
             self._deliver(report)
             return report
@@ -336,7 +349,8 @@ class Messenger(Agent):
         """Send one test message to every recipient now (no outbox, no quiet hours); the provider ids."""
         if body is None:
             local = self.clock().astimezone(self.zone)
-            body = f"deals: test message, {local:%Y-%m-%d %H:%M %Z}. SMS alerts are working."
+            works = "Alerts are printed here: SMS is not set up." if self.recipients == [CONSOLE_RECIPIENT] else "SMS alerts are working."
+            body = f"deals: test message, {local:%Y-%m-%d %H:%M %Z}. {works}"
         body = to_gsm7(body)
         return [self.notifier_for(recipient).send(recipient, body) for recipient in self.recipients]
 
@@ -408,7 +422,7 @@ class Messenger(Agent):
         if self.recipients == [CONSOLE_RECIPIENT]:
             pending = self.store.opportunities_without_alerts(self.recipients, since=since)
             for opportunity_id, opp in pending:
-                self._enqueue(opportunity_id, opp, self.recipients, report)
+                self._enqueue(opportunity_id, opp, self._targets(opportunity_id, opp), report)
             return
         missing: dict[int, list[str]] = {}
         for opportunity_id, recipient in self.store.unalerted_routes(since):
@@ -419,9 +433,12 @@ class Messenger(Agent):
             opp = self.store.get_opportunity(opportunity_id)
             if opp is None:
                 continue
-            if not recipients:  # never routed: route it now
-                recipients = [r for r, _ in self._targets(opportunity_id, opp)]
-            if recipients and self._enqueue(opportunity_id, opp, recipients, report):
+            if recipients:
+                why = dict(self.store.routes(opportunity_id))
+                targets = [(r, why.get(r, GENERAL)) for r in recipients]
+            else:  # never routed: route it now
+                targets = self._targets(opportunity_id, opp)
+            if targets and self._enqueue(opportunity_id, opp, targets, report):
                 self.log.info("opportunity %d had no alert (interrupted cycle?): queued now", opportunity_id)
 
     def _deliver(self, report: MessengerReport) -> None:

@@ -281,7 +281,8 @@ class Planner(Agent):
                 raise
             finally:
                 if not crashed and report.status == "ok" and report.errors:
-                    report.status = "partial"
+                    # no feed read and at least one failed (the rest in backoff): a failed cycle (`run --once` exits 1)
+                    report.status = "failed" if report.feeds_failed and not report.feeds_ok else "partial"
                 report.seconds = round(time.perf_counter() - started, 3)
                 used = METER.snapshot() - usage_before
                 report.llm_calls, report.tokens_in, report.tokens_out = used.calls, used.tokens_in, used.tokens_out

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from deals.memory.store import Store
 
 GENERAL = "general opportunity"
+WATCH_REASON = "watch '"  # how every reason a watch gives starts (the messenger says it in the text)
 
 
 @dataclass(frozen=True)
@@ -205,4 +206,4 @@ def mask(number: str | None) -> str:
     return "*" * len(text) if len(text) <= 4 else "*" * (len(text) - 4) + text[-4:]
 
 
-__all__ = ["GENERAL", "Recipient", "Watch", "Watchlist", "mask", "mask_numbers_in", "parse_quiet"]
+__all__ = ["GENERAL", "WATCH_REASON", "Recipient", "Watch", "Watchlist", "mask", "mask_numbers_in", "parse_quiet"]

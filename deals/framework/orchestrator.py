@@ -28,7 +28,7 @@ store is crash-safe, so that too loses nothing, and the next start marks the run
 interrupted. Signal handlers are installed only from the main thread and restored on
 return.
 
-Exit status: `run_once` 0 when the cycle ran to its end, 1 when it crashed or failed;
+Exit status: `run_once` 0 when the cycle ran to its end, 1 when it crashed or failed (no feed read);
 both modes 130 after SIGINT (Ctrl-C) and, for `run_once`, 143 after SIGTERM (the cycle
 did not finish); `run_forever` stopped by SIGTERM or `stop()` returns 0, a clean service
 stop. A forced exit (grace over, second signal) is 128 + the signal number.

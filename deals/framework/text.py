@@ -60,8 +60,8 @@ __all__ = ["escape_markup", "plain", "strip_controls"]
 
 
 def money(value: float | None) -> str:
-    """$1,234 for whole dollars, else $1,234.56; '-' for None."""
+    """$1,234 for whole dollars, else $1,234.56; -$12.50 below zero; '-' for None."""
     if value is None:
         return "-"
-    text = f"{value:,.2f}"
-    return "$" + (text[:-3] if text.endswith(".00") else text)
+    text = f"{abs(value):,.2f}"
+    return ("-$" if value < 0 and text != "0.00" else "$") + (text[:-3] if text.endswith(".00") else text)
