@@ -233,13 +233,18 @@ def ensemble_show(ctx: typer.Context) -> None:
     """Show the configured members, which are available, and the fitted subsets with their validation MAE."""
     if ctx.invoked_subcommand is not None:
         return
-    from deals.pricer.blend import load_fit, weights_path
+    from deals.pricer.blend import create_members, load_fit, weights_path
 
+    _load_agents()
     settings = settings_of(ctx)
     path = weights_path(settings)
-    table = Table(title="ensemble members")
+    # what each configured member needs and lacks (an LLM key, a trained adapter); `local` is bundled
+    created, missing = create_members(settings, [name for name in settings.ensemble.members if name != "local"])
+    for pricer in created.values():
+        pricer.close()
+    table = Table(title="ensemble members (ensemble.members)")
     table.add_column("member")
-    table.add_column("configured")
+    table.add_column("available")
     table.add_column("fitted in")
     fit = None
     if path.exists():
@@ -250,7 +255,7 @@ def ensemble_show(ctx: typer.Context) -> None:
     for name in settings.ensemble.members:
         subsets = [key for key, sub in (fit.subsets.items() if fit else []) if name in sub.members]
         note = "its own calibration (bundled)" if name == "local" else (", ".join(subsets) or "-")
-        table.add_row(name, "yes", note)
+        table.add_row(name, f"no: {missing[name]}" if name in missing else "yes", note)
     console.print(table)
     if fit is None:
         console.print(f"no fitted blend at {path}: the local model answers alone; members that need a fit are fitted on first use"

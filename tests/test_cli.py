@@ -41,6 +41,15 @@ def test_bad_config_exits_2_naming_key_and_file(deals_home, tmp_path):
     assert done.returncode == 2 and "DEALS_PLANNER__CONCURRENCY" in done.stderr
 
 
+def test_ensemble_says_which_members_are_available_and_what_each_other_one_needs(deals_home):
+    done = deals("ensemble", home=deals_home, env={"COLUMNS": "400"})
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in done.stdout.splitlines() if line.count("│") >= 4}
+    assert rows["local"] == "yes"
+    assert rows["frontier"].startswith("no: the frontier pricer needs an LLM")
+    assert rows["specialist"].startswith("no: no trained specialist at")
+
+
 def test_unknown_pricer_is_a_usage_error(deals_home):
     done = deals("price", "a thing", "--pricer", "oracle", home=deals_home)
     assert done.returncode == 2 and "unknown pricer 'oracle'" in done.stderr and "Traceback" not in done.stderr
