@@ -9,7 +9,7 @@
     deals run [--once] [--feed URL]    the daemon (APScheduler), or one cycle [--dashboard: serve it too]
     deals dashboard [--host] [--port]  the web dashboard (127.0.0.1:8484 by default)
     deals watch add|list|remove|recipient   per-recipient watchlists
-    deals history [--json]             recent opportunities and their alert status
+    deals history [--json] [--entries]  recent opportunities and their alert status (--entries: every entry read)
     deals notify-test                  send one test message
     deals train --preset NAME          QLoRA fine-tuning of the specialist pricer
 
@@ -27,7 +27,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -39,6 +39,9 @@ from deals.framework.logs import setup_logging
 from deals.framework.settings import MAX_DAILY_CAP, Settings, load_settings, render_defaults
 from deals.framework.text import escape_markup, plain
 
+if TYPE_CHECKING:
+    from deals.memory.views import DealRow
+
 MAX_ROW_ID = 2**62  # ids beyond what SQLite or PostgreSQL store are refused as usage errors
 
 app = typer.Typer(
@@ -47,7 +50,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+PIPE_WIDTH = 200  # columns for tables written to a file or a pipe (Rich would assume 80 and cut the numbers)
+
+
+def _width() -> int | None:
+    """None (Rich's own width) on a terminal or with COLUMNS set, else `PIPE_WIDTH`."""
+    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
+
+
+console = Console(width=_width())
 err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("deals.cli")
 
@@ -553,18 +564,23 @@ def store_migrate(
 def history(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="how many opportunities, newest first")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="how many rows, newest first")] = 20,
+    entries: Annotated[bool, typer.Option("--entries", help="every feed entry read and what became of it, not only opportunities")] = False,
 ) -> None:
-    """Recent opportunities: product, price, estimate, discount, link and alert status."""
+    """Recent opportunities: product, price, estimate, discount, link and alert status (`--entries`: every entry read)."""
     from deals.memory.store import Store
+    from deals.memory.views import DealFilter
 
     with Store.open_default(settings_of(ctx)) as store:
+        if entries:
+            _print_entries(store.deal_rows(DealFilter(), limit=limit), as_json)
+            return
         rows = store.history(limit)
     if as_json:
         sys.stdout.write(json.dumps([row.model_dump(mode="json") for row in rows], indent=2) + "\n")
         return
     if not rows:
-        console.print("no opportunities yet")
+        console.print("no opportunities yet (`deals history --entries` shows every feed entry read and why it was not one)")
         return
     table = Table(title=f"last {len(rows)} opportunities")
     table.add_column("when (UTC)")
@@ -587,6 +603,36 @@ def history(
             plain(row.alert_status),
             str(row.sms_sent) + (f" ({row.send_attempts} tries)" if row.send_attempts > row.sms_sent else ""),
             plain(row.url),
+        )
+    console.print(table)
+
+
+def _print_entries(rows: list[DealRow], as_json: bool) -> None:
+    """Feed entries with their decision: the deal's price, the estimate and the price it alerts below, or why not."""
+    if as_json:
+        sys.stdout.write(json.dumps([row.model_dump(mode="json") for row in rows], indent=2) + "\n")
+        return
+    if not rows:
+        console.print("no feed entries read yet")
+        return
+    table = Table(title=f"last {len(rows)} feed entries")
+    table.add_column("seen (UTC)")
+    table.add_column("title")
+    table.add_column("price", justify="right")
+    table.add_column("estimate (interval)", justify="right")
+    table.add_column("alerts below", justify="right")
+    table.add_column("decision")
+    table.add_column("why")
+    for row in rows:
+        interval = f" (${row.low:,.0f}-${row.high:,.0f})" if row.low is not None and row.high is not None else ""
+        table.add_row(
+            f"{row.seen_at:%Y-%m-%d %H:%M}",
+            plain(row.title[:70]),
+            "-" if row.price is None else f"${row.price:,.2f}",
+            "-" if row.estimate is None else f"${row.estimate:,.2f}{interval}",
+            "-" if not row.alert_below else f"${row.alert_below:,.2f}",
+            plain(row.decision or "waiting"),
+            plain((row.reason or row.pricing_error or "")[:80]),
         )
     console.print(table)
 

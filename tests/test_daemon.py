@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from deals.agents import notifiers
 from deals.agents.watchlist import mask
 from deals.cli import app
-from deals.framework.models import Deal, Estimate, Opportunity
+from deals.framework.models import Deal, Estimate, FeedEntry, Opportunity
 from deals.framework.orchestrator import Orchestrator, describe
 from deals.framework.settings import SchedulerSettings
 from deals.memory.store import Store
@@ -256,7 +256,23 @@ def test_history_prints_a_table(deals_home):
 
 def test_history_on_an_empty_store(deals_home):
     result = CliRunner().invoke(app, ["history"])
-    assert result.exit_code == 0 and "no opportunities yet" in result.output
+    assert result.exit_code == 0 and "no opportunities yet" in result.output and "--entries" in result.output
+
+
+def test_history_entries_shows_every_entry_read_and_what_became_of_it(deals_home):
+    feed = "https://feed.example/rss"
+    taken = FeedEntry(key="e1", feed_url=feed, title="Sony WH-1000XM5 Headphones for $248", url="https://shop.example/1")
+    refused = FeedEntry(key="e2", feed_url=feed, title="Kettle for £20", url="https://shop.example/2")
+    with Store(deals_home / "deals.db") as store:
+        deal = Deal(entry_key="e1", product_description="Sony WH-1000XM5 headphones", price=248.0, url=taken.url)
+        store.save_deal(deal)
+        store.record_entries([taken, refused], [deal], {"e2": "prices in GBP, not USD"})
+    result = CliRunner().invoke(app, ["history", "--entries"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "Kettle for £20" in result.output and "prices in GBP, not USD" in result.output
+    assert "$248.00" in result.output and "waiting" in result.output  # stored, not priced yet
+    rows = json.loads(CliRunner().invoke(app, ["history", "--entries", "--json", "-n", "1"]).stdout)
+    assert len(rows) == 1 and rows[0]["key"] in ("e1", "e2")
 
 
 def test_notify_test_sends_through_the_real_twilio_sdk_to_the_base_url_from_the_environment(deals_home, monkeypatch):
