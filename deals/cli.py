@@ -456,8 +456,8 @@ def watch_recipient(
     daily_cap: Annotated[Optional[int], typer.Option("--daily-cap", min=0, max=MAX_DAILY_CAP, help="alerts per local day (default messenger.daily_cap)")] = None,
     quiet: Annotated[Optional[str], typer.Option("--quiet", help="quiet hours HH:MM-HH:MM (default messenger's)")] = None,
 ) -> None:
-    """Set a recipient's own daily cap and quiet hours (omitted ones fall back to the messenger's)."""
-    from deals.agents.watchlist import mask, parse_quiet
+    """Set a recipient's own daily cap and quiet hours (omitted ones fall back to the messenger's); adds a new number."""
+    from deals.agents.watchlist import Watchlist, mask, parse_quiet
     from deals.memory.store import Store
 
     number = _phone_number(number)
@@ -465,10 +465,15 @@ def watch_recipient(
         start, end = parse_quiet(quiet) if quiet else (None, None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--quiet'") from None
-    with Store.open_default(settings_of(ctx)) as store:
+    settings = settings_of(ctx)
+    with Store.open_default(settings) as store:
+        known = number in Watchlist.load(settings, store).numbers
         store.set_recipient(number, daily_cap=daily_cap, quiet_start=start, quiet_end=end)
     console.print(f"{mask(number)}: daily cap {'default' if daily_cap is None else daily_cap}, "
                   f"quiet hours {f'{start}-{end}' if start else 'default'}")  # fmt: skip
+    if not known:
+        console.print(f"{mask(number)} is a new recipient: they get every general opportunity until a watch "
+                      "(`deals watch add`) narrows what they get")  # fmt: skip
 
 
 @app.command()

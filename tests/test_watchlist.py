@@ -227,11 +227,15 @@ def test_watch_commands_add_list_and_remove(store_url):
     added = runner.invoke(app, ["watch", "add", BOB, "-k", "oled", "-k", "tv", "--target-price", "800", "--name", "tv"])
     assert added.exit_code == 0, added.output
     assert "watch 1 added for ********0002" in added.output
-    assert runner.invoke(app, ["watch", "recipient", BOB, "--daily-cap", "2", "--quiet", "22:00-07:00"]).exit_code == 0
+    known = runner.invoke(app, ["watch", "recipient", BOB, "--daily-cap", "2", "--quiet", "22:00-07:00"])
+    assert known.exit_code == 0 and "new recipient" not in known.output
+    new = runner.invoke(app, ["watch", "recipient", CAROL, "--daily-cap", "1"], env={"COLUMNS": "250"})
+    assert new.exit_code == 0 and "is a new recipient: they get every general opportunity" in new.output
     listed = runner.invoke(app, ["watch", "list", "--json"])
     data = json.loads(listed.stdout)
     assert data["watches"] == [{"id": 1, "source": "store", "recipient": "********0002", "name": "tv", "keywords": ["oled", "tv"], "target_price": 800.0}]
-    assert data["recipients"][0]["daily_cap"] == 2 and data["recipients"][0]["quiet_start"] == "22:00"
+    bob = next(r for r in data["recipients"] if r["daily_cap"] == 2)
+    assert bob["quiet_start"] == "22:00"
     assert BOB not in listed.stdout
     assert runner.invoke(app, ["watch", "remove", "1"]).exit_code == 0
     assert json.loads(runner.invoke(app, ["watch", "list", "--json"]).stdout)["watches"] == []

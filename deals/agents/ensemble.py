@@ -132,7 +132,7 @@ class EnsemblePricer(Pricer):
         notes = []
         absent = {**self.missing, **failures}
         if absent:
-            notes.append("missing: " + ", ".join(f"{name} ({shorten(why, 120, placeholder='...')})" for name, why in absent.items()))
+            notes.append("missing: " + ", ".join(f"{name} ({shorten(why, 200, placeholder='...')})" for name, why in absent.items()))
         shape_member = next((m for m in SHAPE_MEMBERS if m in answers), None)
         chosen = None
         if self.fit is not None and set(answers) - set(SHAPE_MEMBERS):
