@@ -185,7 +185,7 @@ def data(
 @app.command()
 def evaluate(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Option("--data", "-d", help="priced JSONL file of held-out products")],
+    data: Annotated[Path, typer.Option("--data", "-d", exists=True, dir_okay=False, help="priced JSONL file of held-out products")],
     pricer: Annotated[list[str], typer.Option("--pricer", "-p", help="pricer name; repeat for a side-by-side run")] = ["ensemble"],  # noqa: B006
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="evaluate the first N items (default: all)")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="write the JSON report here")] = None,
@@ -286,7 +286,7 @@ def ensemble_show(ctx: typer.Context) -> None:
 @ensemble_app.command("fit")
 def ensemble_fit(
     ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="priced file (default: the bundled validation split)")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", exists=True, dir_okay=False, help="priced file (default: the bundled validation split)")] = None,
     member: Annotated[Optional[list[str]], typer.Option("--member", "-m", help="members to fit (default ensemble.members)")] = None,
     max_usd: Annotated[Optional[float], typer.Option("--max-usd", help="most the LLM members may spend (default ensemble.auto_fit_max_usd)")] = None,
     max_items: Annotated[Optional[int], typer.Option("--max-items", help="most items each non-local member prices")] = None,

@@ -53,6 +53,11 @@ def test_ensemble_says_which_members_are_available_and_what_each_other_one_needs
 def test_unknown_pricer_is_a_usage_error(deals_home):
     done = deals("price", "a thing", "--pricer", "oracle", home=deals_home)
     assert done.returncode == 2 and "unknown pricer 'oracle'" in done.stderr and "Traceback" not in done.stderr
+    # a data file that is not there, and a member that cannot be created, are usage/configuration errors too
+    done = deals("evaluate", "--data", "/nonexistent/held-out.jsonl", home=deals_home)
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    done = deals("ensemble", "fit", "--member", "frontier", home=deals_home)
+    assert done.returncode == 2 and "the frontier pricer needs an LLM" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_price_prints_estimate_and_neighbours(seeded_home):

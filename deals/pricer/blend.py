@@ -600,7 +600,7 @@ def fit_from_file(
     names = list(members) if members is not None else list(settings.ensemble.members)
     created, missing = create_members(settings, names, pricers)
     if not created:
-        raise PricingError("no ensemble member could be created: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
+        raise ConfigError("no ensemble member could be created: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
     spent = 0.0
     try:
         reports: list[EvaluationReport] = []
