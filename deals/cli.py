@@ -27,6 +27,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+from textwrap import shorten
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -244,15 +245,21 @@ def ensemble_show(ctx: typer.Context) -> None:
     """Show the configured members, which are available, and the fitted subsets with their validation MAE."""
     if ctx.invoked_subcommand is not None:
         return
-    from deals.pricer.blend import create_members, load_fit, weights_path
+    from deals.pricer.blend import load_fit, weights_path
 
     _load_agents()
     settings = settings_of(ctx)
     path = weights_path(settings)
-    # what each configured member needs and lacks (an LLM key, a trained adapter); `local` is bundled
-    created, missing = create_members(settings, [name for name in settings.ensemble.members if name != "local"])
-    for pricer in created.values():
-        pricer.close()
+    # what each configured member lacks (an LLM key, a trained adapter), checked without building it
+    from deals.agents import frontier, specialist
+    from deals.pricer.base import pricer_names
+
+    checks = {"frontier": frontier.unavailable, "specialist": specialist.unavailable}
+    missing: dict[str, str] = {}
+    for name in settings.ensemble.members:
+        why = checks[name](settings) if name in checks else (None if name in pricer_names() else f"unknown pricer {name!r}")
+        if why:
+            missing[name] = shorten(why, 200, placeholder="...")
     table = Table(title="ensemble members (ensemble.members)")
     table.add_column("member")
     table.add_column("available")
@@ -614,6 +621,13 @@ def history(
 
 def _print_entries(rows: list[DealRow], as_json: bool) -> None:
     """Feed entries with their decision: the deal's price, the estimate and the price it alerts below, or why not."""
+    from deals.framework.urls import redact_url, redact_urls_in
+
+    # feed URLs may carry keys: hidden as the dashboard hides them
+    rows = [
+        row.model_copy(update={"feed_url": redact_url(row.feed_url), "pricing_error": row.pricing_error and redact_urls_in(row.pricing_error)})
+        for row in rows
+    ]
     if as_json:
         sys.stdout.write(json.dumps([row.model_dump(mode="json") for row in rows], indent=2) + "\n")
         return
@@ -635,7 +649,7 @@ def _print_entries(rows: list[DealRow], as_json: bool) -> None:
             plain(row.title[:70]),
             "-" if row.price is None else f"${row.price:,.2f}",
             "-" if row.estimate is None else f"${row.estimate:,.2f}{interval}",
-            "-" if not row.alert_below else f"${row.alert_below:,.2f}",
+            "-" if row.estimate is None else (f"${row.alert_below:,.2f}" if row.alert_below else "never"),
             plain(row.decision or "waiting"),
             plain((row.reason or row.pricing_error or "")[:80]),
         )

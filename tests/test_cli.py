@@ -48,6 +48,11 @@ def test_ensemble_says_which_members_are_available_and_what_each_other_one_needs
     assert rows["local"] == "yes"
     assert rows["frontier"].startswith("no: the frontier pricer needs an LLM")
     assert rows["specialist"].startswith("no: no trained specialist at")
+    # with a provider and its key the frontier is available; checking it opens no store and no index, and sends nothing
+    done = deals("ensemble", home=deals_home, env={"COLUMNS": "400", "DEALS_LLM__PROVIDER": "openai", "OPENAI_API_KEY": "sk-test"})
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in done.stdout.splitlines() if line.count("│") >= 4}
+    assert done.returncode == 0 and rows["frontier"] == "yes", done.stderr
+    assert not (deals_home / "deals.db").exists() and not (deals_home / "vectors").exists()
 
 
 def test_unknown_pricer_is_a_usage_error(deals_home):

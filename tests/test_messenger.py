@@ -153,8 +153,18 @@ def test_a_watch_s_reason_is_said_and_a_deal_saving_nothing_has_no_save_part():
     text = format_alert(tv, 306, reason="watch 'tv': at or below target $800.00")
     assert "$699, est $561.22 ($400-$800); watch 'tv': at or below target $800.00 " in text
     assert "save" not in text and "$-" not in text
-    for limit in (160, 100):  # kept like the numbers
-        assert "watch 'tv': at or below target $800.00" in format_alert(tv, limit, ["feed says was $999"], "watch 'tv': at or below target $800.00")
+    assert "watch 'tv': at or below target $800.00" in format_alert(tv, 160, ["feed says was $999"], "watch 'tv': at or below target $800.00")
+    # a long reason gives way before the numbers do, at every limit
+    long_name = "Samsung 65-inch Class QN90C Neo QLED 4K Smart TV with Quantum HDR, Dolby Atmos and Object Tracking Sound+"
+    dear = o.model_copy(update={"deal": o.deal.model_copy(update={"product_description": long_name, "price": 799.99})})
+    dear = dear.model_copy(update={"estimate": Estimate(price=1299.99, pricer="ensemble"), "discount": 500.0})
+    why = "watch '" + "samsung, qled, neo, 4k, smart tv, quantum hdr, 65-inch, object tracking" + "': at or below target $800.00"
+    for limit in range(70, 320, 7):
+        text = format_alert(dear, limit, ["feed says was $1,999.99"], why)
+        assert gsm7_length(text) <= limit and "$799.99, est $1,299.99, save $500 (38%)" in text, (limit, text)
+        assert text.startswith("Samsung 65-inch")
+        assert (why in text) == ("watch '" in text)  # whole or not at all
+    assert why in format_alert(dear, 306, [], why) and why not in format_alert(dear, 120, [], why)
     assert money(-137.78) == "-$137.78" and money(-0.001) == "$0" and money(1234.5) == "$1,234.50"
 
 

@@ -220,8 +220,12 @@ def test_a_failing_feed_is_counted_and_the_others_are_read(store, urls, feed_ser
     assert store.feed_state(broken).error_count == 1
     # when no feed at all can be read, the cycle failed (`run --once` exits 1), and says why
     gone = feed_server.route("/gone.xml", status=404)
-    report = Rig(store).planner.run_cycle([broken, gone])
+    rig = Rig(store)
+    report = rig.planner.run_cycle([broken, gone])
     assert report.status == "failed" and not report.ok and report.feeds_failed == 1 and report.feeds_skipped == 1  # broken: in backoff
+    assert "no feed could be read" in report.error_messages
+    report = rig.planner.run_cycle([broken, gone])  # both in backoff now: still nothing read
+    assert report.status == "failed" and report.feeds_skipped == 2 and report.feeds_failed == 0
 
 
 # --------------------------------------------------------------------------- pricing

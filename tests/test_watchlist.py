@@ -310,11 +310,14 @@ def test_a_cut_in_the_title_is_the_was_price_and_keeps_the_product_key(store_tar
         assert store.price_context("plain").list_price is None
 
 
-def test_the_summary_s_claim_comes_first_and_a_claim_must_be_above_the_price():
+def test_the_summary_s_claim_comes_first_and_a_claim_must_be_this_offer_s():
     assert list_price("Was $329.", None, "Bose QC45 $199 + free $50 value gift card") == 329.0
-    assert list_price(None, None, "Bose QC45 $199 + free $50 value gift card", above=199.0) is None
-    assert list_price("", None, "Schindler's List $9.99 4K Blu-ray", above=9.99) is None
-    assert list_price("", None, "Sony TV $499 (list $999)", above=499.0) == 999.0
+    assert list_price(None, None, "Bose QC45 $199 + free $50 value gift card", price=199.0) is None
+    assert list_price("", None, "Schindler's List $9.99 4K Blu-ray", price=9.99) is None
+    assert list_price("", None, "Sony TV $499 (list $999)", price=499.0) == 999.0
+    # a cut is this offer's only when it ends at its price
+    summary = "The Echo Dot drops to $22.99. The Echo Pop also drops from $39.99 to $17.99."
+    assert list_price(summary, price=22.99) is None and list_price(summary, price=17.99) == 39.99
 
 
 def _entry(key: str, title: str, url: str, summary: str = "") -> FeedEntry:

@@ -323,6 +323,28 @@ class FrontierPricer(Pricer):
         self._owned.clear()
 
 
+def _llm_client(settings: Settings) -> LLMClient:
+    """The frontier's LLM client; `ConfigError` when no provider is set or its key is missing (no request is made)."""
+    llm_settings = settings.frontier.llm or settings.llm
+    if llm_settings.provider == "none":
+        raise ConfigError(
+            "the frontier pricer needs an LLM: set llm.provider (or frontier.llm.provider) to openai, anthropic "
+            "or openai-compatible, and its key in the environment"
+        )
+    from deals.framework.llm import LLMClient  # the SDKs take seconds to import: only when used
+
+    return LLMClient(llm_settings)  # ConfigError when the key is missing
+
+
+def unavailable(settings: Settings) -> str | None:
+    """Why the frontier pricer cannot be made with these settings, or None; opens nothing, sends nothing."""
+    try:
+        _llm_client(settings).close()
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 @register("frontier")
 def _create(
     settings: Settings,
@@ -336,17 +358,9 @@ def _create(
     **_: object,
 ) -> FrontierPricer:
     """The configured frontier pricer; opens the default memory store unless one is given or `use_store=False`."""
-    llm_settings = settings.frontier.llm or settings.llm
     made_llm = llm is None
     if llm is None:
-        if llm_settings.provider == "none":
-            raise ConfigError(
-                "the frontier pricer needs an LLM: set llm.provider (or frontier.llm.provider) to openai, anthropic "
-                "or openai-compatible, and its key in the environment"
-            )
-        from deals.framework.llm import LLMClient  # the SDKs take seconds to import: only when used
-
-        llm = LLMClient(llm_settings)  # ConfigError when the key is missing
+        llm = _llm_client(settings)
     owned: list[Any] = []
     try:
         k = settings.frontier.k
@@ -375,4 +389,4 @@ def _create(
         raise
 
 
-__all__ = ["PROMPT_VERSION", "SYSTEM_PROMPT", "FrontierPricer", "PriceAnswer", "Retriever", "build_prompt", "cache_key", "prompt_version"]
+__all__ = ["PROMPT_VERSION", "SYSTEM_PROMPT", "FrontierPricer", "PriceAnswer", "Retriever", "build_prompt", "cache_key", "prompt_version", "unavailable"]

@@ -140,16 +140,15 @@ def _short_link(url: str) -> str:
 def format_alert(opp: Opportunity, max_chars: int = 306, notes: Sequence[str] = (), reason: str | None = None) -> str:
     """The alert text: product name, price, estimate and its interval, saving, link; never over `max_chars`.
 
-    `notes` follow the saving (the feed's "was" price, "lowest seen in 30 days: $X": see
-    `alert_notes`). `reason`: why this recipient gets it when a watch sent it ("watch 'tv':
-    at or below target $800.00"); it follows the saving and is kept like it. A deal that
-    saves nothing on the estimate (a target-price watch sends whatever the estimate says)
-    has no "save" part.
+    `reason`: why this recipient gets it when a watch sent it ("watch 'tv': at or below
+    target $800.00"); it follows the saving. `notes` follow that (the feed's "was" price,
+    "lowest seen in 30 days: $X": see `alert_notes`). A deal that saves nothing on the
+    estimate (a target-price watch sends whatever the estimate says) has no "save" part.
 
     The name is shortened (with "...") first, but keeps at least `MIN_NAME` characters.
     When that leaves no room, the rest gives way in this order: the link's query string, the
-    notes, the link itself (it stays in `deals history`), the interval. The price, the
-    estimate, the saving and the reason are never cut: with a very small `max_chars` the
+    notes, the link itself (it stays in `deals history`), the interval, the reason. The
+    price, the estimate and the saving are never cut: with a very small `max_chars` the
     name gets what room they leave.
     """
     pct = round(opp.discount_rel * 100)
@@ -157,15 +156,14 @@ def format_alert(opp: Opportunity, max_chars: int = 306, notes: Sequence[str] = 
     interval = f" ({money(estimate.low)}-{money(estimate.high)})" if estimate.low is not None and estimate.high is not None else ""
     core = f"{money(opp.deal.price)}, est {money(estimate.price)}"
     saving = f", save {money(opp.discount)} ({pct}%)" if opp.discount > 0 else ""
-    if reason:
-        saving += f"; {to_gsm7(reason)}"
+    said = f"; {to_gsm7(reason)}" if reason else ""
     noted = "".join(f"; {to_gsm7(note)}" for note in notes if note)
     name = to_gsm7(opp.deal.product_description) or "Deal"
     url, short = to_gsm7(opp.deal.url), to_gsm7(_short_link(opp.deal.url))
-    full, bare = core + interval + saving, core + saving
+    full, bare = core + interval + saving + said, core + saving
     links = [link for link in dict.fromkeys([url, short]) if link]
     tails = [f"{facts} {link}" for facts in dict.fromkeys([full + noted, full]) for link in links]
-    tails += [f"{full} (link in deals history)", f"{bare} (link in deals history)", bare]
+    tails += [f"{full} (link in deals history)", f"{bare}{said} (link in deals history)", bare + said, bare]
     for tail in tails:
         budget = max_chars - gsm7_length(tail) - 2  # ": "
         if gsm7_length(name) <= budget:

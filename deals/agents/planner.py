@@ -280,9 +280,12 @@ class Planner(Agent):
                 report.add_error(f"cycle interrupted: {type(exc).__name__}: {exc}")
                 raise
             finally:
-                if not crashed and report.status == "ok" and report.errors:
-                    # no feed read and at least one failed (the rest in backoff): a failed cycle (`run --once` exits 1)
-                    report.status = "failed" if report.feeds_failed and not report.feeds_ok else "partial"
+                if not crashed and report.status == "ok":
+                    if report.feeds and not (report.feeds_ok or report.feeds_elsewhere):
+                        report.status = "failed"  # no feed could be read (failed, or in backoff): `run --once` exits 1
+                        report.add_error("no feed could be read")
+                    elif report.errors:
+                        report.status = "partial"
                 report.seconds = round(time.perf_counter() - started, 3)
                 used = METER.snapshot() - usage_before
                 report.llm_calls, report.tokens_in, report.tokens_out = used.calls, used.tokens_in, used.tokens_out

@@ -61,6 +61,19 @@ def default_adapter(settings: Settings) -> Path:
     return Path(configured).expanduser() if configured else paths.home() / "models" / "specialist"
 
 
+def unavailable(settings: Settings) -> str | None:
+    """Why the specialist cannot serve with these settings, or None: a configured server, or a trained adapter on disk.
+
+    Reads the adapter's metadata only; loads no model and contacts no server.
+    """
+    if settings.specialist.base_url:
+        return None
+    from deals.pricer.modeling import METADATA_FILE
+
+    adapter = default_adapter(settings)
+    return None if (adapter / METADATA_FILE).exists() else f"no trained specialist at {adapter}: {HOW_TO_TRAIN}"
+
+
 class Specialist(Pricer):
     """Prices descriptions with the fine-tuned model (see the module docstring)."""
 
@@ -254,4 +267,4 @@ def create_specialist(settings: Settings, *, adapter: str | os.PathLike[str] | N
     return Specialist(settings, adapter=adapter, base_url=options.get("base_url"))
 
 
-__all__ = ["HOW_TO_TRAIN", "Specialist", "create_specialist", "default_adapter"]
+__all__ = ["HOW_TO_TRAIN", "Specialist", "create_specialist", "default_adapter", "unavailable"]

@@ -152,19 +152,21 @@ def _amount(text: str) -> float | None:
     return value if 0 < value < 1_000_000 else None
 
 
-def list_price(*texts: str | None, above: float | None = None) -> float | None:
+def list_price(*texts: str | None, price: float | None = None) -> float | None:
     """The former/list price a feed claims in `texts` (the first text that has one), or None.
 
-    `above`: the offer's price, when known; a claim at or below it is not a former price
-    (the "List" of "Schindler's List $9.99" is a title, not a claim).
+    `price`: the offer's price, when known. A claim at or below it is not a former price
+    (the "List" of "Schindler's List $9.99" is a title, not a claim), and a price cut counts
+    only when it ends at it ("Echo Pop also drops from $39.99 to $17.99" says nothing of
+    the Echo Dot at $22.99).
     """
     for text in texts:
         if not text:
             continue
         found = [m.group("amount") for pattern in _LIST_PATTERNS for m in pattern.finditer(text)]
-        values = [_amount(v) for v in found] + [cut.former for cut in price_cuts(text)]
-        for value in values:
-            if value is not None and (above is None or value > above):
+        cuts = [cut.former for cut in price_cuts(text) if price is None or abs(cut.price - price) < 0.005]
+        for value in [_amount(v) for v in found] + cuts:
+            if value is not None and (price is None or value > price):
                 return value
     return None
 

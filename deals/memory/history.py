@@ -110,7 +110,7 @@ class EntriesMixin:
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING""",
                     (
                         entry.key, entry.feed_url, entry.title[:500], entry.url, entry.retailer,
-                        list_price(entry.summary, entry.details, entry.title, above=deal.price if deal else None),
+                        list_price(entry.summary, entry.details, entry.title, price=deal.price if deal else None),
                         product_key(entry.title, entry.url),
                         deal.price if deal else None, "deal" if deal else "rejected",
                         None if deal else NOT_SINGLE, reason[:500] if reason else None, now,
