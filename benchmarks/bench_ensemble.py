@@ -62,7 +62,6 @@ def main() -> None:
     args = parser.parse_args()
     evals = args.evals or [ROOT / "data" / "eval" / "test.jsonl", ROOT / "data" / "eval" / "deal_like.jsonl"]
 
-    from rich.console import Console
 
     import deals.agents  # noqa: F401 - registers the agent pricers
     from deals.pricer.blend import create_members, fit_from_file, weights_path
@@ -73,7 +72,9 @@ def main() -> None:
     from deals.pricer.data import load_products
     from deals.pricer.evaluate import compare, plot, render_table, write_report
 
-    console = Console()
+    from deals.framework.text import report_console
+
+    console = report_console()
     settings = load_settings()
     if args.specialist_adapter:
         settings.specialist.adapter = str(args.specialist_adapter)

@@ -39,7 +39,6 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="deals-bench-"))
     os.environ["DEALS_HOME"] = str(home)
 
-    from rich.console import Console
     from rich.table import Table
 
     from deals.framework.settings import Settings
@@ -51,7 +50,9 @@ def main() -> None:
     from deals.pricer.evaluate import compare, render_table
     from deals.pricer.knn import KnnPricer
 
-    console = Console()
+    from deals.framework.text import report_console
+
+    console = report_console()
     settings = Settings()
     products = starter_products()
     sample = products[: args.items]

@@ -178,12 +178,13 @@ def main() -> int:
     args = parser.parse_args()
 
     from rich.console import Console
+    from deals.framework.text import report_console
     from rich.table import Table
 
     from deals.framework.logs import setup_logging
 
     setup_logging("WARNING")
-    console = Console()
+    console = report_console()
     console.print("seeding a DEALS_HOME with the starter catalogue (once) ...")
     seeded = seed_home()
     rows = []

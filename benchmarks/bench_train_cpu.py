@@ -146,8 +146,9 @@ def main() -> None:
     from deals.pricer.evaluate import evaluate
     from deals.pricer.train import REPO_VALIDATION, train
     from deals.pricer.train_config import load_train_config
+    from deals.framework.text import report_console
 
-    console = Console()
+    console = report_console()
     settings = Settings()
     output = args.output or home / "models" / "specialist"
     config = load_train_config(

@@ -189,13 +189,14 @@ def main() -> int:
         return 2
 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from rich.console import Console
     from rich.table import Table
     from transformers import Qwen2Config
 
     from deals.pricer.train import PriceCollator
 
-    console = Console()
+    from deals.framework.text import report_console
+
+    console = report_console()
     device = torch.device("cuda" if cuda else "cpu")
     compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
     config = Qwen2Config(**(QWEN25_7B if args.dims == "7b" else TINY))

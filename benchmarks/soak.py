@@ -123,7 +123,6 @@ def main() -> int:
 
 
 def soak(args: argparse.Namespace, home: Path, conn: Any) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from deals.agents.planner import Planner
@@ -131,7 +130,9 @@ def soak(args: argparse.Namespace, home: Path, conn: Any) -> int:
     from deals.framework.settings import Settings
     from deals.memory.store import Store
 
-    console = Console()
+    from deals.framework.text import report_console
+
+    console = report_console()
     urls = conn.recv()
     os.environ.update(TWILIO_ACCOUNT_SID=urls["sid"], TWILIO_AUTH_TOKEN=urls["token"], TWILIO_FROM_NUMBER=SENDER)
     setup_logging("WARNING")

@@ -28,7 +28,6 @@ def main() -> None:
     parser.add_argument("--also", type=Path, action="append", default=[])
     args = parser.parse_args()
 
-    from rich.console import Console
     from rich.table import Table
 
     from deals.framework.settings import EvaluationSettings, Settings
@@ -66,7 +65,9 @@ def main() -> None:
     ranked = sorted((g for g in grid if scores[g]), key=lambda g: scores[g][0][0])
     for g in ranked:
         table.add_row(str(g[0]), g[1], str(g[2]), *[f"${mae:.2f} / {hit:.1%}" for mae, hit in scores[g]])
-    Console().print(table)
+    from deals.framework.text import report_console
+
+    report_console().print(table)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from rich.table import Table
 from deals.framework.errors import ConfigError, DealsError
 from deals.framework.logs import setup_logging
 from deals.framework.settings import MAX_DAILY_CAP, Settings, load_settings, render_defaults
-from deals.framework.text import escape_markup, plain
+from deals.framework.text import escape_markup, plain, report_console
 
 if TYPE_CHECKING:
     from deals.memory.views import DealRow
@@ -51,15 +51,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-PIPE_WIDTH = 200  # columns for tables written to a file or a pipe (Rich would assume 80 and cut the numbers)
-
-
-def _width() -> int | None:
-    """None (Rich's own width) on a terminal or with COLUMNS set, else `PIPE_WIDTH`."""
-    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
-
-
-console = Console(width=_width())
+console = report_console()
 err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("deals.cli")
 

@@ -15,6 +15,9 @@ rich, which crashes on a stray `[/red]`.
                             are printed as markup (error messages with a file name)
     money(value)            $1,234 for whole dollars, else $1,234.56; '-' for None (one
                             way to write a price in texts, tables and pages)
+    report_console()        a rich Console for tables people read: the terminal's width,
+                            or `PIPE_WIDTH` columns when written to a file or a pipe
+                            (Rich would assume 80 and cut the numbers)
 
 The feed parser strips controls when it reads an entry (so they are never stored) and
 every face strips and escapes again when it shows text (rows stored before, catalogue
@@ -23,8 +26,12 @@ titles, error messages naming a hostile URL).
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from typing import Any
 
+from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
@@ -56,7 +63,6 @@ def escape_markup(text: object) -> str:
     return escape(strip_controls(str(text)))
 
 
-__all__ = ["escape_markup", "plain", "strip_controls"]
 
 
 def money(value: float | None) -> str:
@@ -65,3 +71,16 @@ def money(value: float | None) -> str:
         return "-"
     text = f"{abs(value):,.2f}"
     return ("-$" if value < 0 and text != "0.00" else "$") + (text[:-3] if text.endswith(".00") else text)
+
+
+PIPE_WIDTH = 200
+
+
+def report_console(**options: Any) -> Console:
+    """A Console for tables: the terminal's width, or `PIPE_WIDTH` columns when stdout is not one and COLUMNS is unset."""
+    if "width" not in options and not options.get("stderr") and not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
+        options["width"] = PIPE_WIDTH
+    return Console(**options)
+
+
+__all__ = ["PIPE_WIDTH", "escape_markup", "money", "plain", "report_console", "strip_controls"]

@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from deals.framework.text import money
+from deals.framework.text import money, report_console
 from deals.pricer.train_config import PRESETS, TrainConfig, dump_yaml, load_train_config, read_yaml
 
 
@@ -116,7 +116,7 @@ def train_command(
     if lora_r is not None and "lora_alpha" not in (read_yaml(train_config) if train_config else {}):
         overrides["lora_alpha"] = 2 * lora_r  # alpha follows r unless the YAML file pins it
     config = load_train_config(preset=preset, path=train_config, overrides=overrides)
-    out = Console()
+    out = report_console()
     if print_config:
         out.print(dump_yaml(config), end="", markup=False, highlight=False)
         return
