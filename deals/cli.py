@@ -105,6 +105,8 @@ def price(
     _load_agents()
     if name not in pricer_names():
         raise typer.BadParameter(f"unknown pricer {name!r}; known: {', '.join(pricer_names())}", param_hint="'--pricer'")
+    from deals.pricer.intervals import low_confidence
+
     model = create_pricer(name, settings)
     try:
         estimate = model.price(text)
@@ -117,6 +119,12 @@ def price(
     console.print(f"[bold]Estimate:[/bold] ${estimate.price:,.2f}{interval}  ([dim]{escape_markup(estimate.pricer)}[/dim])")
     for member, value in estimate.parts.items():
         console.print(f"  {escape_markup(member)}: ${value:,.2f}")
+    if low_confidence(estimate):
+        nearest = f" (nearest catalogue product: similarity {estimate.neighbours[0].similarity:.2f})" if estimate.neighbours else ""
+        console.print(
+            f"[yellow]low confidence: the interval spans a factor of {estimate.high / estimate.low:.0f}{nearest}; "  # type: ignore[operator]
+            "nothing like it is priced in the catalogue, so the estimate is a rough guess[/yellow]"
+        )
     if estimate.note:
         console.print(plain(estimate.note), style="dim")
     if estimate.neighbours:

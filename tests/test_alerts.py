@@ -149,3 +149,11 @@ def test_a_residual_interval_moves_the_price_to_its_median():
         median = next(q.price for q in shown.quantiles if abs(q.level - 0.5) < 1e-9)
         assert shown.price == median and shown.low <= shown.price <= shown.high
         assert abs(shown.price - 100.0 * math.exp(float(np.interp(0.5, levels, residuals)))) < 0.02
+
+
+def test_low_confidence_is_an_interval_wider_than_the_ratio():
+    from deals.pricer.intervals import LOW_CONFIDENCE_RATIO, low_confidence
+
+    assert low_confidence(Estimate(price=50.0, pricer="t", low=4.0, high=4.0 * LOW_CONFIDENCE_RATIO + 1))
+    assert not low_confidence(Estimate(price=50.0, pricer="t", low=20.0, high=90.0))
+    assert not low_confidence(Estimate(price=50.0, pricer="t"))

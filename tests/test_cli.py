@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from deals.framework.models import Estimate
+from deals.pricer.intervals import low_confidence
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -69,6 +72,10 @@ def test_price_prints_estimate_and_neighbours(seeded_home):
     done = deals("price", "Bose QuietComfort noise cancelling over-ear Bluetooth headphones", home=seeded_home)
     assert done.returncode == 0, done.stderr
     assert "Estimate: $" in done.stdout and "nearest catalogue products" in done.stdout
+    assert ("low confidence" in done.stdout) == low_confidence(Estimate.model_validate(json.loads(
+        deals("price", "Bose QuietComfort noise cancelling over-ear Bluetooth headphones", "--json", home=seeded_home).stdout)))
+    done = deals("price", "pencil", home=seeded_home)  # nothing like it priced: the interval spans a factor over 12
+    assert "low confidence: the interval spans a factor of" in done.stdout
     done = deals("price", "Bose QuietComfort noise cancelling over-ear Bluetooth headphones", "--json", home=seeded_home)
     estimate = json.loads(done.stdout)
     assert estimate["pricer"] == "ensemble" and estimate["price"] > 0 and set(estimate["parts"]) == {"local", "knn", "ridge"} and estimate["low"] < estimate["price"] < estimate["high"]

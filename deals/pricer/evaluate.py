@@ -71,13 +71,13 @@ from deals.framework.settings import EvaluationSettings, PlannerSettings
 from deals.framework.text import money
 from deals.pricer.alerts import AlertMetrics, AlertRule, alert_range, simulate_offers
 from deals.pricer.base import Pricer
+from deals.pricer.intervals import LOW_CONFIDENCE_RATIO
 from deals.pricer.metrics import Metrics, Outcome, classify, compute_metrics
 
 log = logging.getLogger(__name__)
 
 COLOURS: dict[str, str] = {"hit": "#2ca02c", "near": "#ff8c00", "miss": "#d62728"}
 CURVE_CONFIDENCES: tuple[float, ...] = (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
-LOW_CONFIDENCE_RATIO = 12.0  # an 80% interval wider than this factor (high / low) flags the item: ~10% of new in-domain products
 
 
 class ItemResult(BaseModel):

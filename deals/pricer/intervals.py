@@ -8,6 +8,9 @@
     residual_quantiles(pricer)                                  -> the shipped validation
         residuals of a pricer that has no distribution of its own (kNN, ridge): its estimate
         times exp(residual quantile) is a split-conformal interval
+    low_confidence(estimate)                                    -> its interval spans more
+        than a factor of `LOW_CONFIDENCE_RATIO`: a rough guess (`deals price` says so,
+        `deals evaluate` counts them)
 
 Every pricer that knows how sure it is goes through `with_quantiles`, so intervals mean
 the same everywhere: on held-out new products, deal-like prices, the true price falls in
@@ -26,6 +29,8 @@ from deals.framework.models import Estimate, Quantile
 
 if TYPE_CHECKING:
     from deals.framework.settings import PricingSettings
+
+LOW_CONFIDENCE_RATIO = 12.0  # an 80% interval wider than this factor (high / low): ~10% of new in-domain products
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
@@ -92,4 +97,9 @@ def with_residual_interval(estimate: Estimate, pricer: str, pricing: PricingSett
     return with_quantiles(estimate, levels, [centre + r for r in residuals], pricing)
 
 
-__all__ = ["quantile_at", "residual_quantiles", "with_quantiles", "with_residual_interval"]
+def low_confidence(estimate: Estimate) -> bool:
+    """The estimate's interval spans more than a factor of `LOW_CONFIDENCE_RATIO` (False without an interval)."""
+    return estimate.low is not None and estimate.high is not None and estimate.high > LOW_CONFIDENCE_RATIO * estimate.low
+
+
+__all__ = ["LOW_CONFIDENCE_RATIO", "low_confidence", "quantile_at", "residual_quantiles", "with_quantiles", "with_residual_interval"]
