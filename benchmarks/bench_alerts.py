@@ -42,9 +42,9 @@ os.environ.setdefault("DEALS_HOME", str(ROOT / ".deals-home"))
 
 from rich.table import Table  # noqa: E402
 
-MIDDLES = {"<$25": 12.5, "$25-50": 37.5, "$50-100": 75.0, "$100-250": 175.0, "$250-500": 375.0, "$500-1000": 750.0, ">=$1000": 1500.0}
 from deals.framework.text import report_console  # noqa: E402
 
+MIDDLES = {"<$25": 12.5, "$25-50": 37.5, "$50-100": 75.0, "$100-250": 175.0, "$250-500": 375.0, "$500-1000": 750.0, ">=$1000": 1500.0}
 console = report_console()
 
 
