@@ -117,8 +117,17 @@ class Claims:
 
     @property
     def worker_id(self) -> int:
-        """This store's worker id: registered on first use, and again when it was taken for dead
-        (its row reaped while this process was paused or cut off). Each use is a heartbeat."""
+        """This store's worker id, registered on first use."""
+        with self._lock:
+            if self._worker_id is None:
+                self.register_worker()
+            assert self._worker_id is not None
+            return self._worker_id
+
+    def _alive_worker(self) -> int:
+        """Before a claim: the dead reaped, then this worker registered and alive (one heartbeat,
+        which registers again a worker taken for dead while this process was paused or cut off)."""
+        self.reap_workers()
         with self._lock:
             if self._worker_id is None:
                 self.register_worker()
@@ -239,7 +248,8 @@ class Claims:
         """Claim `keys` for this worker inside the open transaction; the keys actually won."""
         won: list[str] = []
         now = self._now()
-        worker = self.worker_id
+        worker = self._worker_id  # made alive by the claim's `_alive_worker()`
+        assert worker is not None
         for chunk, _ in in_chunks(keys, _ROWS_PER_INSERT):
             values = ", ".join("(?, ?, ?, ?)" for _ in chunk)
             params: list[Any] = []
@@ -257,8 +267,7 @@ class Claims:
         urls = list(dict.fromkeys(urls))
         if not urls or limit <= 0:
             return [], set()
-        self.reap_workers()
-        self.worker_id  # noqa: B018 - registered (again, if reaped) before the transaction
+        self._alive_worker()  # before the transaction
         with self.transaction() as db:
             others: set[str] = set()
             for chunk, marks in in_chunks(urls, _ROWS_PER_INSERT):
@@ -283,8 +292,7 @@ class Claims:
 
         if limit <= 0:
             return []
-        self.reap_workers()
-        self.worker_id  # noqa: B018 - registered (again, if reaped) before the transaction
+        self._alive_worker()  # before the transaction
         where, params = unpriced_conditions(since, max_attempts)
         with self.transaction() as db:
             rows = db.execute(
@@ -317,8 +325,7 @@ class Claims:
 
     def claim_sending(self, alert_id: int) -> bool:
         """Claim an alert left in 'sending' (to reconcile it with the provider); False if it is not, or another worker has it."""
-        self.reap_workers()
-        self.worker_id  # noqa: B018 - registered (again, if reaped) before the transaction
+        self._alive_worker()  # before the transaction
         with self.transaction() as db:
             row = db.execute(f"SELECT state FROM alerts a WHERE id = ?{self.dialect.skip_locked('a')}", (alert_id,)).fetchone()
             if row is None or row[0] != "sending":

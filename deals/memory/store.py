@@ -781,8 +781,7 @@ class Store(Claims, EntriesMixin, WatchesMixin, ViewsMixin):
         limit the alert is 'capped' (left queued for the caller to skip). So several daemons
         together keep one daily cap, not one each.
         """
-        self.worker_id  # noqa: B018 - register before the transaction
-        self.reap_workers()
+        self._alive_worker()  # before the transaction
         with self.transaction() as db:
             if cap is not None:
                 row = db.execute("SELECT recipient FROM alerts WHERE id = ?", (alert_id,)).fetchone()
