@@ -154,7 +154,8 @@ def main() -> None:
     from deals.pricer.alerts import AlertRule
     from deals.pricer.base import create_pricer
     from deals.pricer.data import load_products
-    from deals.pricer.evaluate import LOW_CONFIDENCE_RATIO, evaluate, plot, plot_alert_curve, write_report
+    from deals.pricer.evaluate import evaluate, plot, plot_alert_curve, write_report
+    from deals.pricer.intervals import LOW_CONFIDENCE_RATIO
 
     settings = load_settings()
     rule = AlertRule.from_settings(settings.planner)

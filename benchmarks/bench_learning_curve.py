@@ -53,11 +53,9 @@ def main() -> None:
     from deals.pricer.alerts import AlertRule, simulate_offers
     from deals.pricer.catalogue import STARTER_DIR
     from deals.pricer.data import load_products
-    from deals.pricer.features import K_NEIGHBOURS
     from deals.pricer.intervals import with_quantiles
-    from deals.pricer.local_fit import duplicate_groups, exact_neighbours, fit_local_model, group_folds, member_features
+    from deals.pricer.local_fit import duplicate_groups, fit_local_model, group_folds, held_out_quantiles, new_looking
     from deals.pricer.metrics import compute_metrics
-    from deals.pricer.ridge import RidgeModel
 
     settings = Settings()
     catalogue = load_products(STARTER_DIR / "products.jsonl.gz")
@@ -75,14 +73,11 @@ def main() -> None:
         products = [catalogue[i] for i in keep]
         v = vectors[keep]
         prices = np.array([p.price for p in products])
-        nearest, _ = exact_neighbours(v, v, 1, exclude=np.arange(len(v)))
-        new_looking = (nearest[:, 0] < 0.8) & np.array([(p.source or "").startswith("amazon2023") for p in products])
         started = time.perf_counter()
-        model = fit_local_model(products, v, fingerprint=encoder.fingerprint, recalibrate_on=new_looking, progress=False)
-        ridge = RidgeModel.fit([p.text for p in products], prices, v, fingerprint=encoder.fingerprint)
-        sims, index = exact_neighbours(held_vectors, v, K_NEIGHBOURS)
-        X = member_features(texts, sims, prices[index], ridge.predict_log(texts, held_vectors))
-        estimates = [with_quantiles(Estimate(price=1.0, pricer="local"), model.levels, q, settings.pricing) for q in model.predict(X)]
+        # recalibrated on the share's own new-looking products: a smaller catalogue has more of them
+        model = fit_local_model(products, v, fingerprint=encoder.fingerprint, recalibrate_on=new_looking(products, v), progress=False)
+        quantiles = held_out_quantiles(model, products, v, texts, held_vectors, fingerprint=encoder.fingerprint)
+        estimates = [with_quantiles(Estimate(price=1.0, pricer="local"), model.levels, q, settings.pricing) for q in quantiles]
         metrics = compute_metrics(truth.tolist(), [e.price for e in estimates], settings.evaluation)
         alerts = simulate_offers(truth, estimates, rule)
         rows.append({

@@ -251,15 +251,9 @@ def ensemble_show(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     path = weights_path(settings)
     # what each configured member lacks (an LLM key, a trained adapter), checked without building it
-    from deals.agents import frontier, specialist
-    from deals.pricer.base import pricer_names
+    from deals.pricer.base import pricer_unavailable
 
-    checks = {"frontier": frontier.unavailable, "specialist": specialist.unavailable}
-    missing: dict[str, str] = {}
-    for name in settings.ensemble.members:
-        why = checks[name](settings) if name in checks else (None if name in pricer_names() else f"unknown pricer {name!r}")
-        if why:
-            missing[name] = shorten(why, 200, placeholder="...")
+    missing = {name: why for name in settings.ensemble.members if (why := pricer_unavailable(name, settings))}
     table = Table(title="ensemble members (ensemble.members)")
     table.add_column("member")
     table.add_column("available")
@@ -273,7 +267,7 @@ def ensemble_show(ctx: typer.Context) -> None:
     for name in settings.ensemble.members:
         subsets = [key for key, sub in (fit.subsets.items() if fit else []) if name in sub.members]
         note = "its own calibration (bundled)" if name == "local" else (", ".join(subsets) or "-")
-        table.add_row(name, f"no: {missing[name]}" if name in missing else "yes", note)
+        table.add_row(name, f"no: {shorten(missing[name], 200, placeholder='...')}" if name in missing else "yes", note)
     console.print(table)
     if fit is None:
         console.print(f"no fitted blend at {path}: the local model answers alone; members that need a fit are fitted on first use"

@@ -69,7 +69,10 @@ from deals.pricer.local_fit import (  # noqa: E402
     QUANTILE_LEVELS,
     deal_prior_weights,
     exact_neighbours,
+    NEW_PRODUCT_SOURCE,
+    NOVEL_SIMILARITY,
     fit_local_model,
+    new_looking,
 )
 from deals.pricer.metrics import BUCKET_EDGES, BUCKET_LABELS  # noqa: E402
 from deals.pricer.ridge import RidgeModel  # noqa: E402
@@ -82,8 +85,6 @@ CATALOGUE_FILES = [
     "abt-buy-2009.jsonl",
 ]
 OFF_DOMAIN_FILE = "walmart-amazon-2013.jsonl"
-NOVEL_SIMILARITY = 0.8  # held-out products have no pool neighbour at or above this cosine
-HELD_OUT_SOURCE = "amazon2023"  # held-out products come from these sources (the deals' kind of text)
 TEST_SHARE, VALIDATION_SHARE = 0.24, 0.09  # of the new products
 DEAL_LIKE_SIZE = 600
 OFF_DOMAIN_SIZE = 800
@@ -152,8 +153,7 @@ def main() -> None:
     vectors = np.array([cache[p.id] for p in pool], dtype=np.float16).astype(np.float32)
 
     # New products: no near neighbour anywhere in the pool.
-    nearest, _ = exact_neighbours(vectors, vectors, 1, exclude=np.arange(len(pool)))
-    novel = (nearest[:, 0] < NOVEL_SIMILARITY) & np.array([(p.source or "").startswith(HELD_OUT_SOURCE) for p in pool])
+    novel = new_looking(pool, vectors)
     u = np.array([_unit_hash(seed, p.id) for p in pool])
     is_test = novel & (u < TEST_SHARE)
     is_validation = novel & (u >= TEST_SHARE) & (u < TEST_SHARE + VALIDATION_SHARE)
@@ -204,7 +204,7 @@ def main() -> None:
         "curation": settings.data.model_dump(),
         "dropped": curated.dropped,
         "held_out": {
-            "rule": f"{HELD_OUT_SOURCE}* products whose nearest other pool product has cosine < {NOVEL_SIMILARITY}",
+            "rule": f"{NEW_PRODUCT_SOURCE}* products whose nearest other pool product has cosine < {NOVEL_SIMILARITY}",
             "new_products": int(novel.sum()),
             "test": len(test),
             "validation": len(validation),

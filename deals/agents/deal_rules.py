@@ -109,7 +109,7 @@ _OFFER_PROBLEMS: list[tuple[re.Pattern[str], str]] = [
         "a multi-buy price",
     ),
     # "jeans 2 for $60", "12-packs 3 for $12": a count after a plural noun (a model number follows a name: "Switch 2")
-    (re.compile(rf"\b[0-9]*-?[a-z]+s\s+(?:\d{{1,2}}|two|three|four|five|six|ten)\s+for\s+{_MONEY}"), "a multi-buy price"),
+    (re.compile(rf"\b[0-9]*-?[a-z]+s\s+{_COUNT}\s+for\s+{_MONEY}"), "a multi-buy price"),
     (re.compile(rf"{_MONEY}\s*(?:each|ea\.?|apiece|per\s+(?:item|unit|piece|can|bottle|pack))\b", re.I), "a per-item price, not the offer's"),
     (re.compile(r"\b(?:w/|with)\s+(?:eligible\s+|qualifying\s+)?trade[- ]?in\b", re.I), "a price after a trade-in"),
     (re.compile(r"\b(?:buy\s+\d+\s*,?\s*get|bogo\b|b\dg\d\b)", re.I), "a multi-buy offer"),

@@ -345,7 +345,7 @@ def unavailable(settings: Settings) -> str | None:
     return None
 
 
-@register("frontier")
+@register("frontier", unavailable=unavailable)
 def _create(
     settings: Settings,
     *,

@@ -187,14 +187,26 @@ def alert_notes(context: PriceContext) -> list[str]:
     return notes
 
 
-def alert_body(store: Store, opp: Opportunity, max_chars: int = 306, why: str | None = None) -> str:
-    """The text of an opportunity's alert, with what the store knows of its price history.
+def alert_bodies(store: Store, opp: Opportunity, whys: Sequence[str], max_chars: int = 306) -> dict[str, str]:
+    """The text of an opportunity's alert for each route reason, with what the store knows of its price history.
 
-    `why`: the route's reason; a watch's ("watch 'tv': at or below target $800.00") is said
-    in the text, so the recipients of one opportunity may get different texts.
+    A watch's reason ("watch 'tv': at or below target $800.00") is said in the text, so the
+    recipients of one opportunity may get different texts; other reasons share one.
     """
-    reason = why if why and why.startswith(WATCH_REASON) else None
-    return format_alert(opp, max_chars, alert_notes(store.price_context(opp.deal.entry_key)), reason)
+    notes = alert_notes(store.price_context(opp.deal.entry_key))
+    texts: dict[str | None, str] = {}
+    out = {}
+    for why in whys:
+        reason = why if why.startswith(WATCH_REASON) else None
+        if reason not in texts:
+            texts[reason] = format_alert(opp, max_chars, notes, reason)
+        out[why] = texts[reason]
+    return out
+
+
+def alert_body(store: Store, opp: Opportunity, max_chars: int = 306, why: str = "") -> str:
+    """`alert_bodies` for one route reason (a general opportunity by default)."""
+    return alert_bodies(store, opp, [why], max_chars)[why]
 
 
 # --------------------------------------------------------------------------- agent
@@ -274,8 +286,7 @@ class Messenger(Agent):
     def _targets(self, opportunity_id: int, opp: Opportunity) -> list[tuple[str, str]]:
         """(recipient, why) for an opportunity: its stored routes, else routed now (and stored)."""
         if self.recipients == [CONSOLE_RECIPIENT]:  # no SMS: the console shows every opportunity, with a watch's reason
-            routes = self.store.routes(opportunity_id) if self.store.is_routed(opportunity_id) else []
-            watched = [why for _, why in routes if why.startswith(WATCH_REASON)]
+            watched = [why for _, why in self.store.routes(opportunity_id) if why.startswith(WATCH_REASON)]
             return [(CONSOLE_RECIPIENT, watched[0] if watched else "console")]
         if self.store.is_routed(opportunity_id):
             routes = self.store.routes(opportunity_id)
@@ -291,10 +302,8 @@ class Messenger(Agent):
 
     def _enqueue(self, opportunity_id: int, opp: Opportunity, targets: Sequence[tuple[str, str]], report: MessengerReport) -> bool:
         """Queue the alert of one opportunity for each (recipient, why); False when the store refused it."""
-        bodies: dict[str, str] = {}
+        bodies = alert_bodies(self.store, opp, [why for _, why in targets], self.config.max_chars)
         for recipient, why in targets:
-            if why not in bodies:
-                bodies[why] = alert_body(self.store, opp, self.config.max_chars, why)
             body = bodies[why]
             try:
                 self.store.enqueue_alert(opportunity_id, recipient, body, at=self.clock())
@@ -553,4 +562,4 @@ class Messenger(Agent):
         return "unknown"
 
 
-__all__ = ["Messenger", "MessengerReport", "alert_body", "alert_notes", "format_alert", "gsm7_length", "to_gsm7"]
+__all__ = ["Messenger", "MessengerReport", "alert_bodies", "alert_body", "alert_notes", "format_alert", "gsm7_length", "to_gsm7"]

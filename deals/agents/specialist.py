@@ -61,17 +61,33 @@ def default_adapter(settings: Settings) -> Path:
     return Path(configured).expanduser() if configured else paths.home() / "models" / "specialist"
 
 
+def read_adapter_metadata(adapter: Path) -> dict[str, Any]:
+    """The metadata of a trained output directory; `PricingError` when there is none or its prompt is not this version's."""
+    from deals.pricer.modeling import METADATA_FILE, read_metadata
+
+    if not (adapter / METADATA_FILE).exists():
+        raise PricingError(f"no trained specialist at {adapter}: {HOW_TO_TRAIN}")
+    metadata = read_metadata(adapter)
+    if metadata.get("prompt_version") != PROMPT_VERSION:
+        raise PricingError(
+            f"the specialist at {adapter} was trained with prompt {metadata.get('prompt_version')!r} "
+            f"but this version of deals uses {PROMPT_VERSION!r}: retrain it ({HOW_TO_TRAIN})"
+        )
+    return metadata
+
+
 def unavailable(settings: Settings) -> str | None:
-    """Why the specialist cannot serve with these settings, or None: a configured server, or a trained adapter on disk.
+    """Why the specialist cannot serve with these settings, or None: a configured server, or a usable trained adapter.
 
     Reads the adapter's metadata only; loads no model and contacts no server.
     """
     if settings.specialist.base_url:
         return None
-    from deals.pricer.modeling import METADATA_FILE
-
-    adapter = default_adapter(settings)
-    return None if (adapter / METADATA_FILE).exists() else f"no trained specialist at {adapter}: {HOW_TO_TRAIN}"
+    try:
+        read_adapter_metadata(default_adapter(settings))
+    except (PricingError, OSError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 class Specialist(Pricer):
@@ -95,22 +111,9 @@ class Specialist(Pricer):
         if self.base_url:
             self._init_remote()
         else:
-            self.metadata = self._read_metadata()
+            self.metadata = read_adapter_metadata(self.adapter)
 
     # ----------------------------------------------------------------- set-up
-
-    def _read_metadata(self) -> dict[str, Any]:
-        from deals.pricer.modeling import METADATA_FILE, read_metadata
-
-        if not (self.adapter / METADATA_FILE).exists():
-            raise PricingError(f"no trained specialist at {self.adapter}: {HOW_TO_TRAIN}")
-        metadata = read_metadata(self.adapter)
-        if metadata.get("prompt_version") != PROMPT_VERSION:
-            raise PricingError(
-                f"the specialist at {self.adapter} was trained with prompt {metadata.get('prompt_version')!r} "
-                f"but this version of deals uses {PROMPT_VERSION!r}: retrain it ({HOW_TO_TRAIN})"
-            )
-        return metadata
 
     def _init_remote(self) -> None:
         import openai
@@ -126,7 +129,7 @@ class Specialist(Pricer):
         # Truncate descriptions as in training when the trained output is at hand (its tokenizer).
         if (self.adapter / METADATA_FILE).exists():
             try:
-                self.metadata = self._read_metadata()
+                self.metadata = read_adapter_metadata(self.adapter)
                 self._tokenizer = load_tokenizer(self.adapter)
             except Exception as exc:  # noqa: BLE001 - the server may be all we need
                 log.warning("specialist: cannot use the local output %s for truncation: %s", self.adapter, exc)
@@ -258,7 +261,7 @@ def _brief(exc: BaseException) -> str:
     return str(exc).replace("\n", " ")[:200]
 
 
-@register("specialist")
+@register("specialist", unavailable=unavailable)
 def create_specialist(settings: Settings, *, adapter: str | os.PathLike[str] | None = None, **options: Any) -> Specialist:
     """The specialist pricer; `adapter=DIR` serves that trained output directory, `base_url=` a server."""
     unknown = set(options) - {"base_url"}
@@ -267,4 +270,4 @@ def create_specialist(settings: Settings, *, adapter: str | os.PathLike[str] | N
     return Specialist(settings, adapter=adapter, base_url=options.get("base_url"))
 
 
-__all__ = ["HOW_TO_TRAIN", "Specialist", "create_specialist", "default_adapter", "unavailable"]
+__all__ = ["HOW_TO_TRAIN", "Specialist", "create_specialist", "default_adapter", "read_adapter_metadata", "unavailable"]

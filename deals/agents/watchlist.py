@@ -76,7 +76,7 @@ class Watch:
             return None
         if r.target_price is not None:
             if deal.price <= r.target_price + 1e-9:
-                return f"watch '{self.label}': at or below target ${r.target_price:,.2f}"
+                return f"{WATCH_REASON}{self.label}': at or below target ${r.target_price:,.2f}"
             return None
         if r.min_saving_abs is not None or r.min_saving_rel is not None:
             own = rule.model_copy(
@@ -85,8 +85,8 @@ class Watch:
                     "min_rel": rule.min_rel if r.min_saving_rel is None else r.min_saving_rel,
                 }
             )
-            return f"watch '{self.label}' (own saving thresholds)" if bool(alerts_at(estimate, [deal.price], own)[0]) else None
-        return f"watch '{self.label}'" if general else None
+            return f"{WATCH_REASON}{self.label}' (own saving thresholds)" if bool(alerts_at(estimate, [deal.price], own)[0]) else None
+        return f"{WATCH_REASON}{self.label}'" if general else None
 
 
 @dataclass

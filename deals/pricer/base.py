@@ -66,11 +66,20 @@ _LAZY: dict[str, str] = {
 }
 
 
-def register(name: str) -> Callable[[PricerFactory], PricerFactory]:
-    """Register `factory(settings, **options) -> Pricer` under `name`."""
+_UNAVAILABLE: dict[str, Callable[[Settings], str | None]] = {}
+
+
+def register(name: str, *, unavailable: Callable[[Settings], str | None] | None = None) -> Callable[[PricerFactory], PricerFactory]:
+    """Register `factory(settings, **options) -> Pricer` under `name`.
+
+    `unavailable(settings)`: why the pricer cannot be made with these settings (a key, a
+    trained model missing), or None; cheap, opens and sends nothing (`deals ensemble`).
+    """
 
     def wrap(factory: PricerFactory) -> PricerFactory:
         _REGISTRY[name] = factory
+        if unavailable is not None:
+            _UNAVAILABLE[name] = unavailable
         return factory
 
     return wrap
@@ -85,10 +94,23 @@ def pricer_names() -> list[str]:
     return sorted(set(_REGISTRY) | set(_LAZY))
 
 
-def create_pricer(name: str, settings: Settings, **options: Any) -> Pricer:
-    """Build the pricer registered as `name`."""
+def _load(name: str) -> None:
     if name not in _REGISTRY and name in _LAZY:
         importlib.import_module(_LAZY[name])
+
+
+def pricer_unavailable(name: str, settings: Settings) -> str | None:
+    """Why pricer `name` cannot be made with `settings` (its registered check), or None when it can."""
+    _load(name)
+    if name not in _REGISTRY:
+        return f"unknown pricer {name!r}"
+    check = _UNAVAILABLE.get(name)
+    return check(settings) if check else None
+
+
+def create_pricer(name: str, settings: Settings, **options: Any) -> Pricer:
+    """Build the pricer registered as `name`."""
+    _load(name)
     try:
         factory = _REGISTRY[name]
     except KeyError:
@@ -96,4 +118,4 @@ def create_pricer(name: str, settings: Settings, **options: Any) -> Pricer:
     return factory(settings, **options)
 
 
-__all__ = ["Pricer", "clamp", "create_pricer", "pricer_names", "register", "register_lazy"]
+__all__ = ["Pricer", "clamp", "create_pricer", "pricer_names", "pricer_unavailable", "register", "register_lazy"]

@@ -71,7 +71,7 @@ from deals.framework.settings import EvaluationSettings, PlannerSettings
 from deals.framework.text import money
 from deals.pricer.alerts import AlertMetrics, AlertRule, alert_range, simulate_offers
 from deals.pricer.base import Pricer
-from deals.pricer.intervals import LOW_CONFIDENCE_RATIO
+from deals.pricer.intervals import low_confidence
 from deals.pricer.metrics import Metrics, Outcome, classify, compute_metrics
 
 log = logging.getLogger(__name__)
@@ -335,7 +335,7 @@ def alert_fields(rows: Sequence[ItemResult], estimates: Sequence[Estimate], rule
         "interval_coverage": (
             sum(1 for r in with_interval if r.low <= r.truth <= r.high) / len(with_interval) if with_interval else None  # type: ignore[operator]
         ),
-        "low_confidence": sum(1 for r in with_interval if r.high > LOW_CONFIDENCE_RATIO * r.low),  # type: ignore[operator]
+        "low_confidence": sum(low_confidence(e) for e in estimates),
     }
 
 

@@ -65,6 +65,8 @@ DEAL_PRICE_SHARES: dict[str, float] = {
 }  # fmt: skip
 TREE_PARAMS: dict[str, Any] = {"max_iter": 300, "learning_rate": 0.05, "min_samples_leaf": 40}
 DUPLICATE_SIMILARITY = 0.95
+NOVEL_SIMILARITY = 0.8  # a new-looking product has no other product at or above this cosine
+NEW_PRODUCT_SOURCE = "amazon2023"  # ... and comes from the sources whose text is the deals' kind
 
 
 # --------------------------------------------------------------------------- the model
@@ -184,6 +186,25 @@ def group_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return np.array([fold_of_group[g] for g in groups.tolist()])
 
 
+def new_looking(products: Sequence[Product], vectors: np.ndarray) -> np.ndarray:
+    """Which products look new among `products`: no other at cosine >= `NOVEL_SIMILARITY`, from `NEW_PRODUCT_SOURCE`."""
+    nearest, _ = exact_neighbours(vectors, vectors, 1, exclude=np.arange(len(vectors)))
+    return (nearest[:, 0] < NOVEL_SIMILARITY) & np.array([(p.source or "").startswith(NEW_PRODUCT_SOURCE) for p in products])
+
+
+def held_out_quantiles(
+    model: LocalModel, catalogue: Sequence[Product], vectors: np.ndarray, texts: Sequence[str], text_vectors: np.ndarray, *, fingerprint: str
+) -> np.ndarray:
+    """Log-price quantiles of products outside `catalogue`, made as `LocalPricer` makes them (kNN over the
+    catalogue, a ridge fitted on it, the text features)."""
+    from deals.pricer.ridge import RidgeModel
+
+    prices = np.array([p.price for p in catalogue])
+    ridge = RidgeModel.fit([p.text for p in catalogue], prices, vectors, fingerprint=fingerprint)
+    sims, index = exact_neighbours(text_vectors, vectors, K_NEIGHBOURS)
+    return model.predict(member_features(texts, sims, prices[index], ridge.predict_log(texts, text_vectors)))
+
+
 def member_features(texts: Sequence[str], sims: np.ndarray, prices: np.ndarray, ridge_log: np.ndarray) -> np.ndarray:
     """The model's input rows (`FEATURE_NAMES` order) from neighbours, the ridge estimate and the texts."""
     return np.column_stack([neighbour_features(sims, prices), np.asarray(ridge_log, dtype=np.float64), text_features(texts)])
@@ -288,13 +309,8 @@ def fit_local_model(
     if len(validation):
         if validation_vectors is None or len(validation_vectors) != len(validation):
             raise ValueError("one vector per validation product is needed")
-        from deals.pricer.ridge import RidgeModel
-
-        ridge = RidgeModel.fit([p.text for p in catalogue], prices, vectors, fingerprint=fingerprint)
         val_prices = np.array([p.price for p in validation])
-        val_texts = [p.text for p in validation]
-        sims, index = exact_neighbours(validation_vectors, vectors, K_NEIGHBOURS)
-        quantiles = model.predict(member_features(val_texts, sims, prices[index], ridge.predict_log(val_texts, validation_vectors)))
+        quantiles = held_out_quantiles(model, catalogue, vectors, [p.text for p in validation], validation_vectors, fingerprint=fingerprint)
         val_weights = deal_prior_weights(val_prices)
         model.meta["validation_products"] = len(validation)
         model.meta["validation_coverage"] = {
@@ -332,6 +348,8 @@ __all__ = [
     "exact_neighbours",
     "fit_local_model",
     "group_folds",
+    "held_out_quantiles",
     "member_features",
+    "new_looking",
     "out_of_fold_features",
 ]
